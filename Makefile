@@ -1,0 +1,48 @@
+# Two commands do all setup on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# A CPU build of this torch lies on the build machines' disk; users may bring any torch 2.x.
+TORCH  ?= torch==2.13.0
+CONFIG ?= config.yaml
+STORE  ?= model_store
+
+.PHONY: serve test install install-dev examples lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[examples]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Builds the example archives (digits, digits_onnx, resnet, resnet_onnx) from code; no downloads.
+$(STORE)/.built: $(VENV)/.installed $(wildcard modelserve/examples/*.py)
+	$(BIN)/modelserve examples --model-store $(STORE)
+	touch $@
+
+examples: $(STORE)/.built
+
+serve: examples
+	$(BIN)/modelserve start --config $(CONFIG)
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check modelserve tests bench
+
+bench: examples
+	$(BIN)/python bench/serve_bench.py --model-store $(STORE)
+
+clean:
+	rm -rf $(VENV) .modelserve $(STORE)/*.mar $(STORE)/.built .pytest_cache

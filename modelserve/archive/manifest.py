@@ -1,0 +1,42 @@
+"""MANIFEST.json: the fields TorchServe's archiver (0.12) writes, in its key order."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ARCHIVER_VERSION = "0.12.0"
+MANIFEST_PATH = "MAR-INF/MANIFEST.json"
+
+
+class ModelSection(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    model_name: str = Field(alias="modelName")
+    serialized_file: str | None = Field(None, alias="serializedFile")
+    handler: str = Field(alias="handler")
+    model_file: str | None = Field(None, alias="modelFile")
+    model_version: str = Field("1.0", alias="modelVersion")
+    requirements_file: str | None = Field(None, alias="requirementsFile")
+    config_file: str | None = Field(None, alias="configFile")
+    extensions: str | None = Field(None, alias="extensions")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    created_on: str = Field(alias="createdOn")
+    runtime: str = "python"
+    model: ModelSection
+    archiver_version: str = Field(ARCHIVER_VERSION, alias="archiverVersion")
+
+    @classmethod
+    def new(cls, **model: Any) -> Manifest:
+        created = dt.datetime.now().strftime("%d/%m/%Y %H:%M:%S")
+        return cls(created_on=created, model=ModelSection(**model))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The dict as written to MANIFEST.json: camelCase keys, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True)

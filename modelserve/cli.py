@@ -1,0 +1,135 @@
+"""The ``modelserve`` command: start the server, build archives, build the examples."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from modelserve import __version__
+
+app = typer.Typer(
+    help="modelserve: serve TorchScript and ONNX models over TorchServe's REST API.",
+    no_args_is_help=True, add_completion=False,
+)
+
+
+# The first image of scikit-learn's digits data set (a zero), for the example curl line.
+DIGIT_ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0,
+              4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14,
+              5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelserve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """modelserve command line."""
+
+
+def _print_banner(settings: object, errors: list[str]) -> None:
+    from modelserve.config import Settings
+
+    assert isinstance(settings, Settings)
+    host = settings.host
+    typer.echo(f"Inference API:  http://{host}:{settings.inference_port}  (/ping, /predictions)")
+    typer.echo(f"Management API: http://{host}:{settings.management_port}  (/models)")
+    typer.echo(f"Metrics API:    http://{host}:{settings.metrics_port}/metrics")
+    for error in errors:
+        typer.secho(f"failed to load {error}", fg=typer.colors.RED, err=True)
+    sample = ",".join(str(v) for v in DIGIT_ZERO)
+    typer.echo(
+        f"Try: curl -s http://{host}:{settings.inference_port}/predictions/digits "
+        f"-H 'Content-Type: application/json' -d '[{sample}]'"
+    )
+    typer.echo("Press Ctrl-C to stop the server and its workers.")
+
+
+@app.command()
+def start(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML config file (see config.yaml for every key)."),
+    model_store: Path | None = typer.Option(
+        None, "--model-store", help="Directory that archive names resolve against."),
+    models: list[str] | None = typer.Option(
+        None, "--models", help="Archive to load at start: NAME=ARCHIVE, ARCHIVE or 'all'. "
+        "Repeatable; replaces load_models from the config."),
+    host: str | None = typer.Option(None, "--host", help="Address to bind the listeners to."),
+    inference_port: int | None = typer.Option(None, help="Inference API port."),
+    management_port: int | None = typer.Option(None, help="Management API port."),
+    metrics_port: int | None = typer.Option(None, help="Metrics API port."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+) -> None:
+    """Start the server in the foreground; Ctrl-C stops it and every worker."""
+    from modelserve.config import load_settings
+    from modelserve.server.app import run
+
+    settings = load_settings(
+        config, model_store=model_store, load_models=models or None, host=host,
+        inference_port=inference_port, management_port=management_port,
+        metrics_port=metrics_port, log_level=log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    raise typer.Exit(run(settings, on_ready=_print_banner))
+
+
+@app.command()
+def archive(
+    model_name: str = typer.Option(..., "--model-name", help="Name of the model."),
+    version: str = typer.Option("1.0", "--version", "-v", help="Model version."),
+    handler: str = typer.Option(
+        ..., "--handler", help="Built-in handler name, or path/to/handler.py[:function]."),
+    serialized_file: Path | None = typer.Option(
+        None, "--serialized-file", help="TorchScript (.pt) or ONNX (.onnx) file."),
+    model_file: Path | None = typer.Option(
+        None, "--model-file", help="Python file defining the model class (eager mode)."),
+    extra_files: str | None = typer.Option(
+        None, "--extra-files", help="Comma-separated files or directories to include."),
+    requirements_file: Path | None = typer.Option(
+        None, "--requirements-file", "-r", help="requirements.txt for the model."),
+    config_file: Path | None = typer.Option(
+        None, "--config-file", "-c", help="model-config.yaml with serving parameters."),
+    runtime: str = typer.Option("python", "--runtime", help="python, python3 or LSP."),
+    export_path: Path = typer.Option(
+        Path("."), "--export-path", help="Directory the archive is written to."),
+    archive_format: str = typer.Option(
+        "default", "--archive-format", help="default (.mar zip), tgz, no-archive or zip-store."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing archive."),
+) -> None:
+    """Build a model archive (.mar) with torch-model-archiver's flags and layout."""
+    from modelserve.archive import create_archive
+
+    try:
+        path = create_archive(
+            model_name=model_name, version=version, handler=handler,
+            serialized_file=serialized_file, model_file=model_file, extra_files=extra_files,
+            requirements_file=requirements_file, config_file=config_file, runtime=runtime,
+            export_path=export_path, archive_format=archive_format, force=force,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(path))
+
+
+@app.command()
+def examples(
+    model_store: Path = typer.Option(
+        Path("model_store"), "--model-store", help="Where to write the example archives."),
+) -> None:
+    """Build the example models (digits, resnet; TorchScript and ONNX) and their archives."""
+    from modelserve.examples.build import build_all
+
+    for path in build_all(model_store):
+        typer.echo(str(path))

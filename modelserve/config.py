@@ -1,0 +1,115 @@
+"""Settings: the server's (config.yaml + ``MODELSERVE_*`` env) and each model's.
+
+Precedence for the server: command-line flags > environment > config file > defaults.
+Precedence for a model: server defaults < the archive's model-config.yaml < management API
+parameters, as in TorchServe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """The server's configuration. Every field is documented in config.yaml."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELSERVE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = Field("127.0.0.1", description="Address the three HTTP listeners bind to.")
+    inference_port: int = Field(8080, description="Inference API port (/ping, /predictions).")
+    management_port: int = Field(8081, description="Management API port (/models).")
+    metrics_port: int = Field(8082, description="Prometheus metrics port (/metrics).")
+    model_store: Path = Field(Path("model_store"), description="Where archive names resolve.")
+    load_models: list[str] = Field(
+        default_factory=list,
+        description="Archives to register at start: 'NAME=ARCHIVE', 'ARCHIVE' or 'all'.",
+    )
+    default_workers_per_model: int = Field(1, ge=0, description="Workers per model at start.")
+    batch_size: int = Field(1, ge=1, description="Default maximum batch size.")
+    max_batch_delay: float = Field(100.0, ge=0, description="Default batch wait, milliseconds.")
+    response_timeout: float = Field(120.0, gt=0, description="Seconds a batch may take.")
+    startup_timeout: float = Field(120.0, gt=0, description="Seconds a worker may take to load.")
+    job_queue_size: int = Field(100, ge=1, description="Queued requests per model version.")
+    pipeline_depth: int = Field(2, ge=1, description="Batches in flight per worker.")
+    max_request_size: int = Field(6553500, ge=1, description="Largest request body, bytes.")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="Torch/ONNX threads per worker; default cores / workers."
+    )
+    workdir: Path = Field(Path(".modelserve"), description="Extracted archives live here.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    access_log: bool = Field(False, description="Log every HTTP request (costs throughput).")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from a YAML file, the environment and explicit overrides (None = unset)."""
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return _FromFile(**given)
+
+
+class ModelConfig(BaseModel):
+    """Per-model-version serving parameters (TorchServe's model-config.yaml keys).
+
+    Unknown top-level keys of model-config.yaml are kept for the handler
+    (``context.model_yaml_config``), as TorchServe does.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    min_workers: int = Field(1, ge=0, alias="minWorkers")
+    max_workers: int = Field(1, ge=0, alias="maxWorkers")
+    batch_size: int = Field(1, ge=1, alias="batchSize")
+    max_batch_delay: float = Field(100.0, ge=0, alias="maxBatchDelay")  # milliseconds
+    response_timeout: float = Field(120.0, gt=0, alias="responseTimeout")  # seconds
+    startup_timeout: float = Field(120.0, gt=0, alias="startupTimeout")  # seconds
+    job_queue_size: int = Field(100, ge=1, alias="jobQueueSize")
+    device_type: str | None = Field(None, alias="deviceType")  # "cpu" or "gpu"
+
+    @classmethod
+    def resolve(
+        cls, settings: Settings, yaml_config: dict[str, Any], overrides: dict[str, Any]
+    ) -> ModelConfig:
+        """Server defaults, then the archive's model-config.yaml, then API parameters."""
+        values: dict[str, Any] = {
+            "min_workers": settings.default_workers_per_model,
+            "max_workers": settings.default_workers_per_model,
+            "batch_size": settings.batch_size,
+            "max_batch_delay": settings.max_batch_delay,
+            "response_timeout": settings.response_timeout,
+            "startup_timeout": settings.startup_timeout,
+            "job_queue_size": settings.job_queue_size,
+        }
+        from_yaml = cls.model_validate(yaml_config).model_dump(exclude_unset=True)
+        values.update(from_yaml)
+        if "min_workers" in from_yaml and "max_workers" not in from_yaml:
+            values["max_workers"] = max(values["min_workers"], values["max_workers"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["max_workers"] = max(values["max_workers"], values["min_workers"])
+        return cls.model_validate(values)

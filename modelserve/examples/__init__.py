@@ -1,0 +1,1 @@
+"""Example models built from code (seeded, no downloads) and their archives."""

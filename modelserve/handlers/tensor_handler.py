@@ -1,0 +1,175 @@
+"""Built-in tensor/JSON handler: one sample per request, batched, validated per request.
+
+A request body may be a JSON list of numbers (flat or nested; or ``{"data": [...]}`` /
+``{"inputs": ...}`` / ``{"instances": ...}``), an image (PNG/JPEG, when ``image_mode`` is
+set), a ``.npy`` array, or raw little-endian tensor bytes. It is checked against the model's
+per-sample input shape; a request that does not fit gets its own 400 while the rest of the
+batch is served.
+
+Options, under ``handler:`` in the archive's model-config.yaml::
+
+    input_shape: [1, 8, 8]   # per sample; read from the ONNX signature when omitted
+    input_dtype: float32
+    image_mode: L            # Pillow mode for image bodies (L or RGB); images refused if unset
+    image_scale: 0.0627      # pixel (0-255) multiplier
+    softmax: true            # apply softmax to the output
+    top_k: 1                 # 0: raw output rows; 1: {"class", "label", "probability"};
+                             # k > 1: a list of k such dicts, best first
+
+Labels come from ``index_to_name.json`` when the archive has one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from modelserve.handlers.base_handler import BaseHandler
+from modelserve.handlers.errors import BadInputError
+from modelserve.handlers.runtimes import input_shape as onnx_input_shape
+
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
+_NPY_MAGIC = b"\x93NUMPY"
+_CONTAINER_KEYS = ("data", "inputs", "instances", "input")
+
+
+def _as_array(value: Any, dtype: np.dtype, shape: list[int] | None, image: dict) -> np.ndarray:
+    """Turn one request's decoded body into an array of the per-sample shape."""
+    if isinstance(value, str):
+        value = value.encode()
+    if isinstance(value, (bytes, bytearray)):
+        value = _from_bytes(bytes(value), dtype, shape, image)
+    if isinstance(value, dict):
+        key = next((k for k in _CONTAINER_KEYS if k in value), None)
+        if key is None:
+            raise BadInputError(
+                f"JSON object must hold the tensor under one of {list(_CONTAINER_KEYS)}"
+            )
+        value = value[key]
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value, dtype=dtype)
+        except (ValueError, TypeError) as exc:
+            raise BadInputError(
+                f"input must be a (nested) list of numbers: {exc}"
+            ) from None
+    if shape is None:
+        return value.astype(dtype, copy=False)
+    expected = math.prod(shape)
+    if value.size != expected:
+        raise BadInputError(
+            f"expected {expected} values (per-sample shape {shape}), got {value.size}"
+            f" (shape {list(value.shape)})"
+        )
+    return value.reshape(shape).astype(dtype, copy=False)
+
+
+def _from_bytes(
+    body: bytes, dtype: np.dtype, shape: list[int] | None, image: dict
+) -> Any:
+    if body.startswith(_NPY_MAGIC):
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        except ValueError as exc:
+            raise BadInputError(f"invalid .npy body: {exc}") from None
+    if body.startswith(_IMAGE_MAGIC):
+        return _decode_image(body, shape, image)
+    if body[:64].lstrip()[:1] in (b"[", b"{"):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadInputError(f"request body is not valid JSON: {exc}") from None
+    if shape is not None and len(body) == math.prod(shape) * dtype.itemsize:
+        return np.frombuffer(body, dtype=dtype)
+    expected = f"{math.prod(shape) * dtype.itemsize} raw bytes, " if shape else ""
+    raise BadInputError(
+        f"unrecognised body of {len(body)} bytes: send JSON numbers, "
+        f"{expected}a .npy array, or an image"
+    )
+
+
+def _decode_image(body: bytes, shape: list[int] | None, image: dict) -> np.ndarray:
+    mode = image.get("mode")
+    if not mode:
+        raise BadInputError("this model does not take images; send JSON numbers")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(body))
+        img = img.convert(mode)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadInputError(f"cannot decode image: {exc}") from None
+    if shape is not None and len(shape) >= 2:
+        height, width = shape[-2], shape[-1]
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+    pixels = np.asarray(img, dtype=np.float32) * float(image.get("scale", 1 / 255))
+    if pixels.ndim == 2:
+        return pixels[None, :, :]
+    return pixels.transpose(2, 0, 1)  # HWC -> CHW
+
+
+class TensorHandler(BaseHandler):
+    def initialize(self, context: Any) -> None:
+        super().initialize(context)
+        options = (context.model_yaml_config or {}).get("handler", {}) or {}
+        shape = options.get("input_shape") or onnx_input_shape(self.model)
+        if shape is not None and any(d is None for d in shape):
+            shape = None
+        self.input_shape: list[int] | None = list(shape) if shape else None
+        self.dtype = np.dtype(options.get("input_dtype", "float32"))
+        self.image = {"mode": options.get("image_mode"), "scale": options.get("image_scale", 1 / 255)}
+        self.softmax = bool(options.get("softmax", False))
+        self.top_k = int(options.get("top_k", 0))
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        self.context = context
+        results: list[Any] = [None] * len(data)
+        arrays: list[np.ndarray] = []
+        good: list[int] = []
+        for idx, row in enumerate(data):
+            value = row.get("data", row.get("body"))
+            try:
+                arrays.append(_as_array(value, self.dtype, self.input_shape, self.image))
+                good.append(idx)
+            except BadInputError as exc:
+                results[idx] = exc
+        if good:
+            if self.input_shape is None and len({a.shape for a in arrays}) > 1:
+                for idx, array in zip(good, arrays):
+                    results[idx] = self._run([array])[0]
+            else:
+                for idx, out in zip(good, self._run(arrays)):
+                    results[idx] = out
+        return results
+
+    def _run(self, arrays: list[np.ndarray]) -> list[Any]:
+        batch = torch.from_numpy(np.stack(arrays))
+        return self.postprocess(self.inference(batch))
+
+    def postprocess(self, data: torch.Tensor) -> list[Any]:
+        data = data.float()
+        if self.softmax:
+            data = torch.softmax(data, dim=1)
+        if self.top_k <= 0:
+            return data.tolist()
+        k = min(self.top_k, data.shape[1])
+        probs, classes = torch.topk(data, k, dim=1)
+        rows = []
+        for row_p, row_c in zip(probs.tolist(), classes.tolist()):
+            top = [
+                {"class": c, "label": self._label(c), "probability": p}
+                for p, c in zip(row_p, row_c)
+            ]
+            rows.append(top[0] if self.top_k == 1 else top)
+        return rows
+
+    def _label(self, index: int) -> str:
+        if self.mapping:
+            return str(self.mapping.get(str(index), index))
+        return str(index)

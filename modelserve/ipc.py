@@ -1,0 +1,90 @@
+"""Frontend <-> worker frames: a 4-byte big-endian length, then one msgpack map.
+
+Both sides import this module; it must not import torch. The messages (``op`` key):
+
+frontend -> worker
+    ``{"op": "infer", "id": int, "reqs": [[request_id, content_type, body, headers], ...]}``
+    ``{"op": "stop"}``
+worker -> frontend
+    ``{"op": "ready", "pid": int, "device": str, "load_ms": float}``
+    ``{"op": "load_failed", "error": str}``
+    ``{"op": "result", "id": int, "out": [[status, content_type, body, headers], ...],
+    "ms": float}``
+
+``body`` is raw bytes both ways: the frontend never decodes a request body, and the worker
+encodes each response once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Any
+
+import msgpack
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 1 << 31  # 2 GiB: a frame longer than this is a protocol error, not data
+
+_packer_options: dict[str, Any] = {"use_bin_type": True}
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One frame: length prefix + msgpack payload."""
+    payload = msgpack.packb(message, **_packer_options)
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes | memoryview) -> dict[str, Any]:
+    return msgpack.unpackb(payload, raw=False)
+
+
+class FrameError(ConnectionError):
+    """The peer sent something that is not a frame, or closed the connection mid-frame."""
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """Next message, or None at a clean end of stream."""
+    try:
+        head = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise FrameError("connection closed inside a frame header") from exc
+        return None
+    (length,) = HEADER.unpack(head)
+    if length > MAX_FRAME:
+        raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        return decode(await reader.readexactly(length))
+    except asyncio.IncompleteReadError as exc:
+        raise FrameError("connection closed inside a frame") from exc
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytearray | None:
+    """Blocking read of exactly ``size`` bytes; None if the peer closed before the first byte."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if got == 0:
+                return None
+            raise FrameError("connection closed inside a frame")
+        got += n
+    return buf
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+    """Blocking counterpart of :func:`read_frame`, for the worker process."""
+    head = recv_exactly(sock, HEADER.size)
+    if head is None:
+        return None
+    (length,) = HEADER.unpack(head)
+    if length > MAX_FRAME:
+        raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    payload = recv_exactly(sock, length) if length else bytearray()
+    if payload is None:
+        raise FrameError("connection closed inside a frame")
+    return decode(payload)

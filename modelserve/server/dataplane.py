@@ -1,0 +1,273 @@
+"""The transport-neutral core: every API (TorchServe REST, later OIP v2 and gRPC) calls this.
+
+It owns the registry and turns management calls into worker pools and batchers, and
+inference calls into jobs on a batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from modelserve.archive import ArchiveError, open_archive
+from modelserve.config import ModelConfig, Settings
+from modelserve.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    ModelServeError,
+    ServiceUnavailableError,
+)
+from modelserve.server.batching import Batcher
+from modelserve.server.jobs import Job, Result
+from modelserve.server.metrics import ServerMetrics
+from modelserve.server.pool import WorkerPool, cpu_count
+from modelserve.server.registry import ModelRegistry, ModelVersion
+from modelserve.server.workers import WorkerSpec
+
+log = logging.getLogger("modelserve.dataplane")
+
+ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = ModelRegistry()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- inference (hot path) ----------------------------------------------------------------
+    async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
+                    headers: dict[str, str], request_id: str) -> Result:
+        mv = self.registry.get(name, version)
+        loop = asyncio.get_running_loop()
+        job = Job(request_id, content_type, body, headers, loop.create_future())
+        mv.batcher.submit(job)
+        try:
+            return await job.future
+        finally:
+            now = time.perf_counter()
+            queued = (job.dispatched or now) - job.arrival
+            self.metrics.observe_request(name, mv.version, version, now - job.arrival, queued)
+
+    def is_healthy(self) -> bool:
+        """TorchServe's /ping: every default version has its minimum of ready workers."""
+        for name in self.registry.names():
+            mv = self.registry.get(name)
+            if mv.pool.ready_count < mv.pool.target:
+                return False
+        return True
+
+    # -- management --------------------------------------------------------------------------
+    def _resolve(self, url: str) -> Path:
+        if url.startswith(("http://", "https://")):
+            raise BadRequestError(
+                "registering from an http(s) URL is not supported yet; copy the archive "
+                "into the model store"
+            )
+        path = Path(url.removeprefix("file://"))
+        if not path.is_absolute():
+            path = self.settings.model_store / path
+        if not path.exists():
+            raise ModelNotFoundError(f"Model not found in model store: {url}")
+        return path
+
+    def _threads(self, extra_workers: int) -> int:
+        if self.settings.threads_per_worker:
+            return self.settings.threads_per_worker
+        workers = sum(mv.pool.target for mv in self.registry.all()) + extra_workers
+        return max(1, cpu_count() // max(1, workers))
+
+    async def register(
+        self,
+        url: str,
+        *,
+        model_name: str | None = None,
+        batch_size: int | None = None,
+        max_batch_delay: float | None = None,
+        initial_workers: int | None = None,
+        response_timeout: float | None = None,
+        synchronous: bool = True,
+        loaded_at_startup: bool = False,
+    ) -> tuple[int, str]:
+        """Register an archive; returns (HTTP status, message) as TorchServe words them."""
+        if not url:
+            raise BadRequestError("Parameter url is required.")
+        path = self._resolve(url)
+        try:
+            archive = await asyncio.to_thread(open_archive, path, self.settings.workdir)
+        except ArchiveError as exc:
+            raise BadRequestError(f"invalid model archive {url}: {exc}") from None
+        name = model_name or archive.name
+        version = archive.version
+        try:
+            config = ModelConfig.resolve(self.settings, archive.model_yaml_config, {
+                "min_workers": initial_workers, "batch_size": batch_size,
+                "max_batch_delay": max_batch_delay, "response_timeout": response_timeout,
+            })
+        except ValueError as exc:
+            raise BadRequestError(f"invalid model configuration: {exc}") from None
+
+        async with self._locks[name]:
+            self.registry.check_new(name, version)
+            mv = self._build(name, version, url, archive, config, loaded_at_startup)
+            self.registry.add(mv)
+            mv.batcher.start()
+        workers = config.min_workers
+        if workers == 0:
+            return 200, (f'Model "{name}" Version: {version} registered with 0 initial workers. '
+                         "Use scale workers API to add workers for the model.")
+        if not synchronous:
+            self._in_background(self._scale_or_log(mv, workers))
+            return 202, "Processing worker updates..."
+        try:
+            await mv.pool.scale(workers)
+        except ModelServeError as exc:
+            await self._discard(mv)
+            raise ModelServeError(
+                f"Failed to start workers for model {name} version: {version}: {exc.message}"
+            ) from None
+        return 200, f'Model "{name}" Version: {version} registered with {workers} initial workers'
+
+    def _build(self, name: str, version: str, url: str, archive: Any, config: ModelConfig,
+               loaded_at_startup: bool) -> ModelVersion:
+        spec = WorkerSpec(
+            model_name=name,
+            model_version=version,
+            model_dir=str(archive.model_dir.resolve()),
+            handler=archive.manifest.model.handler,
+            manifest=archive.manifest.to_json_dict(),
+            model_yaml_config=archive.model_yaml_config,
+            batch_size=config.batch_size,
+            device_type=config.device_type or "auto",
+            threads=self._threads(config.min_workers),
+            startup_timeout=config.startup_timeout,
+            response_timeout=config.response_timeout,
+            pipeline_depth=self.settings.pipeline_depth,
+        )
+        labels = (name, version)
+        batch_hist = self.metrics.batch_size.labels(*labels)
+        worker_hist = self.metrics.worker_time.labels(*labels)
+        workers_gauge = self.metrics.workers.labels(*labels)
+
+        def on_batch_done(jobs: list[Job], handler_ms: float) -> None:
+            batch_hist.observe(len(jobs))
+            worker_hist.observe(handler_ms / 1000.0)
+
+        def on_change() -> None:
+            workers_gauge.set(pool.ready_count)
+            batcher.wake()
+
+        pool = WorkerPool(spec, on_change, on_batch_done)
+        batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
+                          config.job_queue_size, queue_timeout_s=config.response_timeout)
+        self.metrics.queue_depth.labels(*labels).set_function(lambda: len(batcher.pending))
+        return ModelVersion(name, version, url, archive, config, pool, batcher, loaded_at_startup)
+
+    async def scale(self, name: str, version: str | None, min_worker: int,
+                    max_worker: int | None, synchronous: bool) -> tuple[int, str]:
+        mv = self.registry.get(name, version)
+        if min_worker < 0:
+            raise BadRequestError("min_worker cannot be negative.")
+        if max_worker is not None and max_worker < min_worker:
+            raise BadRequestError("max_worker cannot be less than min_worker.")
+        mv.config.min_workers = min_worker
+        mv.config.max_workers = max(max_worker or min_worker, min_worker)
+        if not synchronous:
+            self._in_background(self._scale_or_log(mv, min_worker))
+            return 202, "Processing worker updates..."
+        async with self._locks[name]:
+            try:
+                await mv.pool.scale(min_worker)
+            except ModelServeError as exc:
+                raise ModelServeError(f"Failed to start workers for model {name}: {exc.message}",
+                                      status=500) from None
+        suffix = f", version: {version}" if version else ""
+        return 200, f"Workers scaled to {min_worker} for model: {name}{suffix}"
+
+    async def unregister(self, name: str, version: str | None) -> str:
+        async with self._locks[name]:
+            mv = self.registry.remove(name, version)
+        await self._discard(mv)
+        return f'Model "{name}" unregistered'
+
+    async def _discard(self, mv: ModelVersion) -> None:
+        try:
+            self.registry.remove(mv.name, mv.version)
+        except ModelServeError:
+            pass  # already removed
+        await mv.batcher.close(ServiceUnavailableError(f'Model "{mv.name}" was unregistered'))
+        await mv.pool.close()
+        self.metrics.forget(mv.name, mv.version)
+
+    def set_default(self, name: str, version: str) -> str:
+        self.registry.set_default(name, version)
+        return f'Default version successfully updated for model "{name}" to "{version}"'
+
+    def describe(self, name: str, version: str | None) -> list[dict[str, Any]]:
+        if version == "all":
+            return [mv.describe() for mv in self.registry.versions(name)]
+        return [self.registry.get(name, version).describe()]
+
+    def list_models(self, limit: int, token: int) -> dict[str, Any]:
+        if limit <= 0 or limit > 100:
+            limit = 100
+        names = self.registry.names()
+        page = names[token: token + limit]
+        body: dict[str, Any] = {"models": [
+            {"modelName": n, "modelUrl": self.registry.get(n).url} for n in page
+        ]}
+        if token + limit < len(names):
+            body["nextPageToken"] = str(token + limit)
+        return body
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _scale_or_log(self, mv: ModelVersion, count: int) -> None:
+        try:
+            await mv.pool.scale(count)
+        except Exception as exc:
+            log.error("scaling %s to %d workers failed: %s", mv.name, count, exc)
+
+    def startup_archives(self) -> list[tuple[str | None, str]]:
+        """(name override, archive) pairs from ``load_models``; 'all' means the whole store."""
+        entries: list[tuple[str | None, str]] = []
+        for item in self.settings.load_models:
+            if item == "all":
+                store = self.settings.model_store
+                for path in sorted(store.iterdir()) if store.is_dir() else []:
+                    if path.name.endswith(ARCHIVE_SUFFIXES) or (path / "MAR-INF").is_dir():
+                        entries.append((None, path.name))
+            elif "=" in item:
+                name, _, archive = item.partition("=")
+                entries.append((name.strip(), archive.strip()))
+            else:
+                entries.append((None, item.strip()))
+        return entries
+
+    async def load_startup_models(self) -> list[str]:
+        """Register the configured models; returns error messages (others still load)."""
+        async def one(name: str | None, url: str) -> str | None:
+            try:
+                await self.register(url, model_name=name, loaded_at_startup=True)
+                return None
+            except ModelServeError as exc:
+                log.error("could not load %s: %s", url, exc.message)
+                return f"{url}: {exc.message}"
+
+        results = await asyncio.gather(*(one(n, u) for n, u in self.startup_archives()))
+        return [r for r in results if r]
+
+    async def shutdown(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*(self._discard(mv) for mv in self.registry.all()))

@@ -1,0 +1,57 @@
+"""Exception handlers: every error leaves as TorchServe's ``{"code", "type", "message"}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelserve.errors import ModelServeError
+
+log = logging.getLogger("modelserve.http")
+
+_STARLETTE_TYPES = {
+    404: ("ResourceNotFoundException",
+          "Requested resource is not found, please refer to API document."),
+    405: ("MethodNotAllowedException",
+          "Requested method is not allowed, please refer to API document."),
+}
+
+
+def error_response(status: int, type_: str, message: str) -> ORJSONResponse:
+    return ORJSONResponse({"code": status, "type": type_, "message": message}, status_code=status)
+
+
+async def _modelserve_error(_: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, ModelServeError)
+    return error_response(exc.status, exc.type, exc.message)
+
+
+async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}"
+        for err in exc.errors()
+    )
+    return error_response(400, "BadRequestException", f"Invalid parameters: {problems}")
+
+
+async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_, message = _STARLETTE_TYPES.get(exc.status_code, ("HttpException", str(exc.detail)))
+    return error_response(exc.status_code, type_, message)
+
+
+async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "InternalServerException", f"{type(exc).__name__}: {exc}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ModelServeError, _modelserve_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

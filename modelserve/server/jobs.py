@@ -1,0 +1,40 @@
+"""One inference request on its way through batcher and worker, and its result."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Result(NamedTuple):
+    """A worker's answer to one request: exactly what goes back on the wire."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    request_id: str
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+    future: asyncio.Future[Result]
+    arrival: float = field(default_factory=time.perf_counter)
+    dispatched: float = 0.0
+
+    def wire(self) -> list[object]:
+        """The job as the worker reads it (see modelserve.ipc)."""
+        return [self.request_id, self.content_type, self.body, self.headers]
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def resolve(self, result: Result) -> None:
+        if not self.future.done():
+            self.future.set_result(result)

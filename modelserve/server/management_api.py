@@ -1,0 +1,92 @@
+"""Management API (TorchServe's, port 8081): register, list, describe, scale, unregister."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Query
+from fastapi.responses import ORJSONResponse
+
+from modelserve import __version__
+from modelserve.server.dataplane import DataPlane
+from modelserve.server.errors import install_error_handlers
+
+
+def _status(code: int, message: str) -> ORJSONResponse:
+    return ORJSONResponse({"status": message}, status_code=code)
+
+
+def create_management_app(dataplane: DataPlane) -> FastAPI:
+    app = FastAPI(title="modelserve management API", version=__version__,
+                  docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+
+    @app.post("/models")
+    async def register(
+        url: str = Query("", description="Archive in the model store, or a local path."),
+        model_name: str | None = Query(None, description="Overrides the manifest's name."),
+        batch_size: int | None = Query(None, ge=1),
+        max_batch_delay: float | None = Query(None, ge=0, description="Milliseconds."),
+        initial_workers: int | None = Query(None, ge=0),
+        response_timeout: float | None = Query(None, gt=0, description="Seconds."),
+        synchronous: bool = Query(True, description="Wait for the workers to load."),
+    ) -> ORJSONResponse:
+        """Register a model archive and start its workers."""
+        code, message = await dataplane.register(
+            url, model_name=model_name, batch_size=batch_size, max_batch_delay=max_batch_delay,
+            initial_workers=initial_workers, response_timeout=response_timeout,
+            synchronous=synchronous,
+        )
+        return _status(code, message)
+
+    @app.get("/models")
+    async def list_models(limit: int = Query(100), next_page_token: int = Query(0, ge=0)
+                          ) -> dict[str, Any]:
+        """Registered models (default versions), sorted by name, paginated."""
+        return dataplane.list_models(limit, next_page_token)
+
+    @app.get("/models/{model_name}")
+    async def describe(model_name: str) -> list[dict[str, Any]]:
+        """The default version's configuration and workers."""
+        return dataplane.describe(model_name, None)
+
+    @app.get("/models/{model_name}/{model_version}")
+    async def describe_version(model_name: str, model_version: str) -> list[dict[str, Any]]:
+        """One version, or every version with ``all``."""
+        return dataplane.describe(model_name, model_version)
+
+    async def _scale(model_name: str, model_version: str | None, min_worker: int,
+                     max_worker: int | None, synchronous: bool) -> ORJSONResponse:
+        code, message = await dataplane.scale(model_name, model_version, min_worker,
+                                              max_worker, synchronous)
+        return _status(code, message)
+
+    @app.put("/models/{model_name}")
+    async def scale(model_name: str, min_worker: int = Query(1), max_worker: int | None = None,
+                    synchronous: bool = Query(False)) -> ORJSONResponse:
+        """Set the number of workers of the default version."""
+        return await _scale(model_name, None, min_worker, max_worker, synchronous)
+
+    @app.put("/models/{model_name}/{model_version}")
+    async def scale_version(model_name: str, model_version: str, min_worker: int = Query(1),
+                            max_worker: int | None = None,
+                            synchronous: bool = Query(False)) -> ORJSONResponse:
+        """Set the number of workers of one version."""
+        return await _scale(model_name, model_version, min_worker, max_worker, synchronous)
+
+    @app.put("/models/{model_name}/{model_version}/set-default")
+    async def set_default(model_name: str, model_version: str) -> ORJSONResponse:
+        """Make this version the one /predictions/{model} uses."""
+        return _status(200, dataplane.set_default(model_name, model_version))
+
+    @app.delete("/models/{model_name}")
+    async def unregister(model_name: str) -> ORJSONResponse:
+        """Unregister the model's default version (it must be its last)."""
+        return _status(200, await dataplane.unregister(model_name, None))
+
+    @app.delete("/models/{model_name}/{model_version}")
+    async def unregister_version(model_name: str, model_version: str) -> ORJSONResponse:
+        """Unregister one version and stop its workers."""
+        return _status(200, await dataplane.unregister(model_name, model_version))
+
+    return app

@@ -1,0 +1,122 @@
+"""Prometheus metrics: TorchServe's frontend names plus modelserve's histograms.
+
+TorchServe's names are kept exactly (``ts_inference_requests_total``,
+``ts_inference_latency_microseconds``, ``ts_queue_latency_microseconds``, ``Requests2XX`` …)
+so dashboards built for it keep working. prometheus-client would append ``_total`` to any
+counter, so those cumulative sums are exposed by a small collector under their exact names.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+HOSTNAME = socket.gethostname()
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _TorchServeCounters(Collector):
+    """Cumulative sums under TorchServe's exact metric names and labels."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.latency_us: dict[tuple[str, str], float] = defaultdict(float)
+        self.queue_us: dict[tuple[str, str], float] = defaultdict(float)
+        self.status: dict[str, int] = defaultdict(int)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = Metric("ts_inference_requests", "Total number of inference requests.", "counter")
+        for (model, version), value in self.requests.items():
+            labels = {"model_name": model, "model_version": version, "hostname": HOSTNAME}
+            requests.add_sample("ts_inference_requests_total", labels, value)
+        yield requests
+        for name, doc, data in (
+            ("ts_inference_latency_microseconds",
+             "Cumulative inference duration in microseconds", self.latency_us),
+            ("ts_queue_latency_microseconds",
+             "Cumulative queue duration in microseconds", self.queue_us),
+        ):
+            metric = Metric(name, doc, "untyped")
+            for (model, version), value in data.items():
+                labels = {"model_name": model, "model_version": version, "hostname": HOSTNAME}
+                metric.add_sample(name, labels, value)
+            yield metric
+        for klass in ("2XX", "4XX", "5XX"):
+            name = f"Requests{klass}"
+            metric = Metric(name, f"Total number of requests with response in {klass} range",
+                            "untyped")
+            metric.add_sample(name, {"Level": "Host", "Hostname": HOSTNAME}, self.status[klass])
+            yield metric
+
+
+class ServerMetrics:
+    """Every metric the frontend exposes, in one registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.ts = _TorchServeCounters()
+        self.registry.register(self.ts)
+        labels = ["model_name", "model_version"]
+        self.request_latency = Histogram(
+            "modelserve_request_latency_seconds",
+            "Time from a request's arrival to its response, per model version.",
+            labels, buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            "modelserve_queue_time_seconds",
+            "Time a request waited before its batch was sent to a worker.",
+            labels, buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "modelserve_batch_size", "Requests per batch sent to a worker.",
+            labels, buckets=BATCH_BUCKETS, registry=self.registry,
+        )
+        self.worker_time = Histogram(
+            "modelserve_handler_seconds", "Time the worker's handler spent on one batch.",
+            labels, buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.workers = Gauge(
+            "modelserve_workers", "Worker processes ready to serve, per model version.",
+            labels, registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "modelserve_queue_depth", "Requests waiting for a batch, per model version.",
+            labels, registry=self.registry,
+        )
+
+    def observe_status(self, status: int) -> None:
+        klass = f"{status // 100}XX"
+        if klass in ("2XX", "4XX", "5XX"):
+            self.ts.status[klass] += 1
+
+    def observe_request(
+        self, model: str, version: str, requested: str | None, latency_s: float, queue_s: float
+    ) -> None:
+        """One answered request. TorchServe labels its counters with the version the client
+        asked for, or ``default``; the histograms carry the version that served it."""
+        key = (model, requested or "default")
+        self.ts.requests[key] += 1
+        self.ts.latency_us[key] += latency_s * 1e6
+        self.ts.queue_us[key] += queue_s * 1e6
+        self.request_latency.labels(model, version).observe(latency_s)
+        self.queue_time.labels(model, version).observe(queue_s)
+
+    def forget(self, model: str, version: str) -> None:
+        """Drop a model version's series when it is unregistered."""
+        for metric in (self.request_latency, self.queue_time, self.batch_size,
+                       self.worker_time, self.workers, self.queue_depth):
+            try:
+                metric.remove(model, version)
+            except KeyError:
+                pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,284 @@
+"""Worker processes, frontend side: spawn, talk to, time out, restart.
+
+Each worker is a fresh ``python -m modelserve.worker`` joined to the frontend by a Unix
+socketpair. Up to ``pipeline_depth`` batches are in flight per worker so the next batch is
+already in the socket when one finishes. A dead worker fails its in-flight requests at once,
+with its exit cause and last stderr lines, and the pool starts a replacement with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from modelserve import ipc
+from modelserve.errors import ModelServeError, RequestTimeoutError, WorkerDiedError
+from modelserve.server.jobs import Job, Result
+
+log = logging.getLogger("modelserve.workers")
+
+_worker_ids = itertools.count(9000)  # TorchServe numbers its workers from 9000
+STDERR_TAIL = 20
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs to load one model version."""
+
+    model_name: str
+    model_version: str
+    model_dir: str
+    handler: str
+    manifest: dict[str, Any]
+    model_yaml_config: dict[str, Any]
+    batch_size: int
+    device_type: str
+    threads: int
+    startup_timeout: float
+    response_timeout: float
+    pipeline_depth: int
+
+    def argv(self, fd: int, index: int) -> list[str]:
+        return [
+            sys.executable, "-m", "modelserve.worker",
+            "--fd", str(fd),
+            "--model-dir", self.model_dir,
+            "--model-name", self.model_name,
+            "--model-version", self.model_version,
+            "--handler", self.handler,
+            "--manifest", json.dumps(self.manifest),
+            "--model-yaml-config", json.dumps(self.model_yaml_config),
+            "--batch-size", str(self.batch_size),
+            "--index", str(index),
+            "--device-type", self.device_type,
+            "--threads", str(self.threads),
+        ]
+
+
+class WorkerLoadError(ModelServeError):
+    status = 500
+    type = "WorkerLoadException"
+
+
+async def spawn_process(argv: list[str], fd: int, threads: int) -> asyncio.subprocess.Process:
+    """Start one worker interpreter (the one OS call tests may replace)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(
+        *argv, pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )
+
+
+class WorkerProcess:
+    """One worker: its process, socket, in-flight batches and state."""
+
+    def __init__(self, spec: WorkerSpec, index: int, on_change: Callable[[], None],
+                 on_exit: Callable[[WorkerProcess], None]) -> None:
+        self.spec = spec
+        self.index = index
+        self.id = next(_worker_ids)
+        self.status = "STARTING"
+        self.pid: int | None = None
+        self.device = "cpu"
+        self.start_time = time.time()
+        self.load_ms = 0.0
+        self.inflight: dict[int, list[Job]] = {}
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._on_change = on_change
+        self._on_exit = on_exit
+        self._ids = itertools.count()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.on_batch_done: Callable[[list[Job], float], None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = await spawn_process(
+                self.spec.argv(child.fileno(), self.index), child.fileno(), self.spec.threads
+            )
+        finally:
+            child.close()
+        self.pid = self._proc.pid
+        self._tasks.append(asyncio.create_task(self._pump_output()))
+        reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        try:
+            hello = await asyncio.wait_for(ipc.read_frame(reader), self.spec.startup_timeout)
+        except TimeoutError:
+            await self.kill()
+            raise WorkerLoadError(
+                f"worker for {self.spec.model_name} did not load within "
+                f"{self.spec.startup_timeout:.0f}s"
+            ) from None
+        if hello is None or hello.get("op") != "ready":
+            await self._wait_exit(5.0)
+            cause = hello.get("error") if hello else await self._death_cause()
+            raise WorkerLoadError(f"model {self.spec.model_name} failed to load: {cause}")
+        self.device = hello["device"]
+        self.load_ms = hello["load_ms"]
+        self.status = "READY"
+        self._tasks.append(asyncio.create_task(self._read_results(reader)))
+        self._on_change()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Finish in-flight batches (up to ``grace`` seconds), then end the process."""
+        if self.status in ("UNLOADING", "STOPPED", "DEAD"):
+            return
+        self.status = "UNLOADING"
+        deadline = time.monotonic() + grace
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(ipc.encode({"op": "stop"}))
+            self._writer.close()
+        if not await self._wait_exit(5.0):
+            await self.kill()
+
+    async def kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._wait_exit(5.0)
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        if self._proc is None:
+            return True
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    # -- traffic -----------------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return self.status == "READY" and len(self.inflight) < self.spec.pipeline_depth
+
+    def send(self, jobs: list[Job]) -> None:
+        batch_id = next(self._ids)
+        now = time.perf_counter()
+        for job in jobs:
+            job.dispatched = now
+        self.inflight[batch_id] = jobs
+        assert self._writer is not None
+        self._writer.write(ipc.encode({"op": "infer", "id": batch_id,
+                                       "reqs": [job.wire() for job in jobs]}))
+        self._timers[batch_id] = asyncio.get_running_loop().call_later(
+            self.spec.response_timeout, self._timed_out, batch_id
+        )
+
+    def _timed_out(self, batch_id: int) -> None:
+        jobs = self.inflight.pop(batch_id, None)
+        self._timers.pop(batch_id, None)
+        if jobs is None:
+            return
+        log.error("worker %s (pid %s) exceeded response_timeout %.0fs; recycling it",
+                  self.id, self.pid, self.spec.response_timeout)
+        err = RequestTimeoutError(
+            f"model {self.spec.model_name} did not answer within "
+            f"{self.spec.response_timeout:g}s (response_timeout)"
+        )
+        for job in jobs:
+            job.fail(err)
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()  # the reader sees EOF and the pool replaces the worker
+
+    def _complete(self, msg: dict[str, Any]) -> None:
+        batch_id = msg["id"]
+        jobs = self.inflight.pop(batch_id, None)
+        timer = self._timers.pop(batch_id, None)
+        if timer is not None:
+            timer.cancel()
+        if jobs is None:
+            return  # already timed out
+        out = msg["out"]
+        for job, (status, content_type, body, headers) in zip(jobs, out):
+            job.resolve(Result(status, content_type, body, headers))
+        if self.on_batch_done is not None:
+            self.on_batch_done(jobs, msg.get("ms", 0.0))
+        self._on_change()
+
+    async def _read_results(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (msg := await ipc.read_frame(reader)) is not None:
+                if msg.get("op") == "result":
+                    self._complete(msg)
+        except (ConnectionError, ipc.FrameError) as exc:
+            log.error("worker %s: broken connection: %s", self.id, exc)
+        await self._died()
+
+    async def _pump_output(self) -> None:
+        """Forward the worker's stdout/stderr to the log; keep the tail for death reports."""
+        assert self._proc is not None and self._proc.stdout is not None
+        name = f"{self.spec.model_name}:{self.id}"
+        async for raw in self._proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr_tail.append(line)
+            log.info("[%s] %s", name, line)
+
+    async def _death_cause(self) -> str:
+        await self._wait_exit(2.0)
+        code = self._proc.returncode if self._proc else None
+        if code is None:
+            how = "connection lost"
+        elif code < 0:
+            how = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exit code {code}"
+        tail = " | ".join(list(self.stderr_tail)[-5:])
+        return f"{how}; last output: {tail}" if tail else how
+
+    async def _died(self) -> None:
+        was_stopping = self.status == "UNLOADING"
+        self.status = "STOPPED" if was_stopping else "DEAD"
+        if self._writer is not None:
+            self._writer.close()
+        cause = await self._death_cause()
+        if self.inflight:
+            err = WorkerDiedError(f"worker for model {self.spec.model_name} died ({cause})")
+            for jobs in self.inflight.values():
+                for job in jobs:
+                    job.fail(err)
+            self.inflight.clear()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if not was_stopping:
+            log.error("worker %s (pid %s) of %s died: %s",
+                      self.id, self.pid, self.spec.model_name, cause)
+        self._on_exit(self)
+        self._on_change()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "startTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start_time)) + "Z",
+            "status": self.status,
+            "memoryUsage": _rss_bytes(self.pid),
+            "pid": self.pid,
+            "gpu": self.device.startswith("cuda"),
+            "gpuUsage": "N/A",
+        }
+
+
+def _rss_bytes(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,5 @@
+import sys
+
+from modelserve.worker.main import main
+
+sys.exit(main())

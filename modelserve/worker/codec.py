@@ -1,0 +1,107 @@
+"""Request bodies in, handler results out: TorchServe's decoding and encoding rules.
+
+In: each request becomes one dict, ``{"body": value}`` (or one key per multipart/urlencoded
+form field), where value is parsed JSON for ``application/json``, ``str`` for ``text/*`` and
+raw bytes otherwise. Out: bytes pass through, str is UTF-8, anything else is JSON (orjson).
+An exception in place of a result becomes that request's error response.
+"""
+
+from __future__ import annotations
+
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from modelserve.handlers.errors import BadInputError
+from modelserve.worker.context import Context
+
+JSON = "application/json"
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _looks_like_json(body: bytes) -> bool:
+    head = body[:64].lstrip()
+    return head[:1] in (b"[", b"{")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadInputError(f"request body is not valid JSON: {exc}") from None
+
+
+def _decode_value(content_type: str, body: bytes) -> Any:
+    if content_type.startswith(JSON) or content_type.endswith("+json"):
+        return _parse_json(body)
+    if content_type.startswith("text/"):
+        return body.decode("utf-8", errors="replace")
+    return body
+
+
+def _decode_multipart(content_type: str, body: bytes) -> dict[str, Any]:
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise BadInputError("multipart body could not be parsed (check the boundary)")
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition") or "data"
+        payload = part.get_payload(decode=True) or b""
+        fields[str(name)] = _decode_value(part.get_content_type(), payload)
+    return fields
+
+
+def decode_request(content_type: str, body: bytes) -> dict[str, Any]:
+    """One request's handler input, as TorchServe builds it (``decode_input_request``)."""
+    ct = (content_type or "").lower()
+    if ct.startswith("multipart/form-data"):
+        return _decode_multipart(content_type, body)
+    if ct.startswith("application/x-www-form-urlencoded"):
+        # curl -d sends JSON with this type; take it as JSON when it is JSON
+        if _looks_like_json(body):
+            return {"body": _parse_json(body)}
+        return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+    return {"body": _decode_value(ct, body)}
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # torch tensors, numpy scalars
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def error_response(exc: BaseException) -> list[Any]:
+    """``[status, content_type, body, headers]`` for a handler error."""
+    code = getattr(exc, "error_code", None)
+    if isinstance(code, int) and 400 <= code < 600:
+        status, message = code, getattr(exc, "message", None) or str(exc)
+    elif isinstance(exc, MemoryError):
+        status, message = 507, "Out of resources"
+    else:
+        status, message = 500, f"Prediction failed: {type(exc).__name__}: {exc}"
+    kind = "BadRequestException" if status < 500 else "InternalServerException"
+    body = orjson.dumps({"code": status, "type": kind, "message": message})
+    return [status, JSON, body, {}]
+
+
+def encode_response(result: Any, idx: int, ctx: Context) -> list[Any]:
+    """``[status, content_type, body, headers]`` for one handler result."""
+    if isinstance(result, BaseException):
+        return error_response(result)
+    headers = dict(ctx.get_response_headers(idx))
+    content_type = headers.pop("content-type", None)
+    status = (ctx.get_response_status(idx) or (200, ""))[0]
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return [status, content_type or "application/octet-stream", bytes(result), headers]
+    if isinstance(result, str):
+        return [status, content_type or "text/plain; charset=utf-8", result.encode(), headers]
+    try:
+        body = orjson.dumps(result, default=_default, option=_JSON_OPTIONS)
+    except TypeError as exc:
+        return error_response(TypeError(f"handler result cannot be encoded as JSON: {exc}"))
+    return [status, content_type or JSON, body, headers]

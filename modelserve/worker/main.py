@@ -1,0 +1,154 @@
+"""Worker process main loop: load once, then read a batch, run the handler, write results.
+
+The loop is single-threaded and blocking; the frontend pipelines batches into the socket so
+the next batch is already waiting when one finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from modelserve import ipc
+from modelserve.worker.codec import decode_request, encode_response, error_response
+from modelserve.worker.context import Context
+from modelserve.worker.loader import Entry, load_entry
+
+log = logging.getLogger("modelserve.worker")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m modelserve.worker")
+    p.add_argument("--fd", type=int, required=True, help="inherited socket file descriptor")
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--model-version", required=True)
+    p.add_argument("--handler", required=True)
+    p.add_argument("--manifest", required=True, help="MANIFEST.json contents")
+    p.add_argument("--model-yaml-config", default="{}", help="model-config.yaml as JSON")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--index", type=int, default=0, help="worker number, picks the GPU")
+    p.add_argument("--device-type", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def _configure_threads(threads: int) -> None:
+    """workers x threads ~= cores: oversubscription is the main CPU-serving slowdown."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set by an earlier parallel op
+
+
+def _pick_gpu(index: int, device_type: str) -> int | None:
+    """Worker i uses cuda:(i mod count) when a GPU is present and not refused."""
+    if device_type == "cpu":
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        return index % torch.cuda.device_count()
+    return None
+
+
+class Worker:
+    def __init__(self, entry: Entry, context: Context) -> None:
+        self.entry = entry
+        self.context = context
+
+    def run_batch(self, reqs: list[list[Any]]) -> list[list[Any]]:
+        """Run one batch; on a handler error, retry each request alone so one bad request
+        cannot fail the others."""
+        try:
+            return self._call(reqs)
+        except Exception as exc:  # the handler's own failure
+            if len(reqs) == 1:
+                log.warning("handler failed: %s", "".join(traceback.format_exception_only(exc)))
+                return [error_response(exc)]
+        out: list[list[Any]] = []
+        for req in reqs:
+            try:
+                out.extend(self._call([req]))
+            except Exception as exc:
+                log.warning("handler failed: %s", "".join(traceback.format_exception_only(exc)))
+                out.append(error_response(exc))
+        return out
+
+    def _call(self, reqs: list[list[Any]]) -> list[list[Any]]:
+        ctx = self.context
+        ctx.begin_batch([r[0] for r in reqs], [r[3] for r in reqs])
+        data = [decode_request(content_type, body) for _, content_type, body, _ in reqs]
+        results = self.entry(data, ctx)
+        if not isinstance(results, list):
+            raise TypeError(f"handler returned {type(results).__name__}, expected a list")
+        if len(results) != len(reqs):
+            raise ValueError(
+                f"handler returned {len(results)} results for a batch of {len(reqs)} requests"
+            )
+        return [encode_response(result, idx, ctx) for idx, result in enumerate(results)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the frontend's to handle
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [worker {args.model_name}:{args.index} pid {os.getpid()}] "
+        "%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    sock = socket.socket(fileno=args.fd)
+    started = time.perf_counter()
+    try:
+        _configure_threads(args.threads)
+        gpu = _pick_gpu(args.index, args.device_type)
+        context = Context(
+            model_name=args.model_name,
+            model_dir=str(args.model_dir),
+            manifest=json.loads(args.manifest),
+            batch_size=args.batch_size,
+            gpu=gpu,
+            model_yaml_config=json.loads(args.model_yaml_config),
+        )
+        os.chdir(args.model_dir)
+        worker = Worker(load_entry(args.handler, args.model_dir, context), context)
+    except BaseException as exc:
+        log.error("model failed to load:\n%s", traceback.format_exc())
+        message = "".join(traceback.format_exception_only(exc)).strip()
+        sock.sendall(ipc.encode({"op": "load_failed", "error": message}))
+        return 1
+    load_ms = (time.perf_counter() - started) * 1000
+    device = f"cuda:{gpu}" if gpu is not None else "cpu"
+    log.info("loaded in %.0f ms on %s", load_ms, device)
+    sock.sendall(ipc.encode({"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms}))
+
+    while True:
+        msg = ipc.recv_frame(sock)
+        if msg is None or msg["op"] == "stop":
+            return 0
+        if msg["op"] == "infer":
+            t0 = time.perf_counter()
+            out = worker.run_batch(msg["reqs"])
+            ms = (time.perf_counter() - t0) * 1000
+            metrics = context.metrics.drain()
+            sock.sendall(ipc.encode({"op": "result", "id": msg["id"], "out": out, "ms": ms,
+                                     "metrics": metrics}))
