@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     max_batch_delay: float = Field(100.0, ge=0, description="Default batch wait, milliseconds.")
     response_timeout: float = Field(120.0, gt=0, description="Seconds a batch may take.")
     startup_timeout: float = Field(120.0, gt=0, description="Seconds a worker may take to load.")
-    job_queue_size: int = Field(100, ge=1, description="Queued requests per model version.")
+    job_queue_size: int = Field(
+        1000, ge=1, description="Queued requests per model version before 503."
+    )
     pipeline_depth: int = Field(2, ge=1, description="Batches in flight per worker.")
     max_request_size: int = Field(6553500, ge=1, description="Largest request body, bytes.")
     threads_per_worker: int | None = Field(
@@ -89,7 +91,7 @@ class ModelConfig(BaseModel):
     max_batch_delay: float = Field(100.0, ge=0, alias="maxBatchDelay")  # milliseconds
     response_timeout: float = Field(120.0, gt=0, alias="responseTimeout")  # seconds
     startup_timeout: float = Field(120.0, gt=0, alias="startupTimeout")  # seconds
-    job_queue_size: int = Field(100, ge=1, alias="jobQueueSize")
+    job_queue_size: int = Field(1000, ge=1, alias="jobQueueSize")
     device_type: str | None = Field(None, alias="deviceType")  # "cpu" or "gpu"
 
     @classmethod

@@ -123,7 +123,10 @@ class TensorHandler(BaseHandler):
             shape = None
         self.input_shape: list[int] | None = list(shape) if shape else None
         self.dtype = np.dtype(options.get("input_dtype", "float32"))
-        self.image = {"mode": options.get("image_mode"), "scale": options.get("image_scale", 1 / 255)}
+        self.image = {
+            "mode": options.get("image_mode"),
+            "scale": options.get("image_scale", 1 / 255),
+        }
         self.softmax = bool(options.get("softmax", False))
         self.top_k = int(options.get("top_k", 0))
 

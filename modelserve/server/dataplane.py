@@ -77,10 +77,11 @@ class DataPlane:
             raise ModelNotFoundError(f"Model not found in model store: {url}")
         return path
 
-    def _threads(self, extra_workers: int) -> int:
+    def _threads(self) -> int:
+        """workers x threads ~= cores, counting every worker the registry wants now."""
         if self.settings.threads_per_worker:
             return self.settings.threads_per_worker
-        workers = sum(mv.pool.target for mv in self.registry.all()) + extra_workers
+        workers = sum(mv.pool.target for mv in self.registry.all())
         return max(1, cpu_count() // max(1, workers))
 
     async def register(
@@ -96,6 +97,16 @@ class DataPlane:
         loaded_at_startup: bool = False,
     ) -> tuple[int, str]:
         """Register an archive; returns (HTTP status, message) as TorchServe words them."""
+        mv = await self._add(url, model_name=model_name, batch_size=batch_size,
+                             max_batch_delay=max_batch_delay, initial_workers=initial_workers,
+                             response_timeout=response_timeout,
+                             loaded_at_startup=loaded_at_startup)
+        return await self._start_workers(mv, synchronous)
+
+    async def _add(self, url: str, *, model_name: str | None, batch_size: int | None,
+                   max_batch_delay: float | None, initial_workers: int | None,
+                   response_timeout: float | None, loaded_at_startup: bool) -> ModelVersion:
+        """Open the archive and enter the version in the registry, without workers yet."""
         if not url:
             raise BadRequestError("Parameter url is required.")
         path = self._resolve(url)
@@ -118,7 +129,10 @@ class DataPlane:
             mv = self._build(name, version, url, archive, config, loaded_at_startup)
             self.registry.add(mv)
             mv.batcher.start()
-        workers = config.min_workers
+        return mv
+
+    async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> tuple[int, str]:
+        name, version, workers = mv.name, mv.version, mv.config.min_workers
         if workers == 0:
             return 200, (f'Model "{name}" Version: {version} registered with 0 initial workers. '
                          "Use scale workers API to add workers for the model.")
@@ -145,7 +159,6 @@ class DataPlane:
             model_yaml_config=archive.model_yaml_config,
             batch_size=config.batch_size,
             device_type=config.device_type or "auto",
-            threads=self._threads(config.min_workers),
             startup_timeout=config.startup_timeout,
             response_timeout=config.response_timeout,
             pipeline_depth=self.settings.pipeline_depth,
@@ -163,7 +176,7 @@ class DataPlane:
             workers_gauge.set(pool.ready_count)
             batcher.wake()
 
-        pool = WorkerPool(spec, on_change, on_batch_done)
+        pool = WorkerPool(spec, self._threads, on_change, on_batch_done)
         batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
                           config.job_queue_size, queue_timeout_s=config.response_timeout)
         self.metrics.queue_depth.labels(*labels).set_function(lambda: len(batcher.pending))
@@ -256,16 +269,29 @@ class DataPlane:
 
     async def load_startup_models(self) -> list[str]:
         """Register the configured models; returns error messages (others still load)."""
-        async def one(name: str | None, url: str) -> str | None:
+        errors: list[str] = []
+        added: list[ModelVersion] = []
+        for name, url in self.startup_archives():
             try:
-                await self.register(url, model_name=name, loaded_at_startup=True)
-                return None
+                mv = await self._add(url, model_name=name, batch_size=None, max_batch_delay=None,
+                                     initial_workers=None, response_timeout=None,
+                                     loaded_at_startup=True)
             except ModelServeError as exc:
-                log.error("could not load %s: %s", url, exc.message)
-                return f"{url}: {exc.message}"
+                errors.append(f"{url}: {exc.message}")
+                continue
+            mv.pool.target = mv.config.min_workers  # so thread counts see every worker
+            added.append(mv)
 
-        results = await asyncio.gather(*(one(n, u) for n, u in self.startup_archives()))
-        return [r for r in results if r]
+        async def start(mv: ModelVersion) -> None:
+            try:
+                await self._start_workers(mv, synchronous=True)
+            except ModelServeError as exc:
+                errors.append(f"{mv.url}: {exc.message}")
+
+        await asyncio.gather(*(start(mv) for mv in added))
+        for error in errors:
+            log.error("could not load %s", error)
+        return errors
 
     async def shutdown(self) -> None:
         for task in list(self._background):

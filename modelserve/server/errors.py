@@ -6,10 +6,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelserve.errors import ModelServeError
+from modelserve.server.responses import JSONResponse
 
 log = logging.getLogger("modelserve.http")
 
@@ -21,16 +21,16 @@ _STARLETTE_TYPES = {
 }
 
 
-def error_response(status: int, type_: str, message: str) -> ORJSONResponse:
-    return ORJSONResponse({"code": status, "type": type_, "message": message}, status_code=status)
+def error_response(status: int, type_: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": status, "type": type_, "message": message}, status_code=status)
 
 
-async def _modelserve_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _modelserve_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ModelServeError)
     return error_response(exc.status, exc.type, exc.message)
 
 
-async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(
         f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}"
@@ -39,13 +39,13 @@ async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
     return error_response(400, "BadRequestException", f"Invalid parameters: {problems}")
 
 
-async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     type_, message = _STARLETTE_TYPES.get(exc.status_code, ("HttpException", str(exc.detail)))
     return error_response(exc.status_code, type_, message)
 
 
-async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "InternalServerException", f"{type(exc).__name__}: {exc}")
 

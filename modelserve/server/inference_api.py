@@ -8,13 +8,13 @@ from __future__ import annotations
 import uuid
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import ORJSONResponse
 
 from modelserve import __version__
 from modelserve.config import Settings
 from modelserve.errors import BadRequestError, RequestTooLargeError
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import install_error_handlers
+from modelserve.server.responses import JSONResponse
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -47,11 +47,11 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     limit = settings.max_request_size
 
     @app.get("/ping")
-    async def ping() -> ORJSONResponse:
+    async def ping() -> JSONResponse:
         """Healthy when every model has its minimum of ready workers (TorchServe's rule)."""
         if dataplane.is_healthy():
-            return ORJSONResponse({"status": "Healthy"})
-        return ORJSONResponse({"status": "Unhealthy"}, status_code=500)
+            return JSONResponse({"status": "Healthy"})
+        return JSONResponse({"status": "Unhealthy"}, status_code=500)
 
     async def predict(request: Request, model_name: str, model_version: str | None) -> Response:
         body = await read_body(request, limit)

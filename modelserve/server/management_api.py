@@ -5,15 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Query
-from fastapi.responses import ORJSONResponse
 
 from modelserve import __version__
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import install_error_handlers
-
-
-def _status(code: int, message: str) -> ORJSONResponse:
-    return ORJSONResponse({"status": message}, status_code=code)
+from modelserve.server.responses import JSONResponse, status_response
 
 
 def create_management_app(dataplane: DataPlane) -> FastAPI:
@@ -30,14 +26,14 @@ def create_management_app(dataplane: DataPlane) -> FastAPI:
         initial_workers: int | None = Query(None, ge=0),
         response_timeout: float | None = Query(None, gt=0, description="Seconds."),
         synchronous: bool = Query(True, description="Wait for the workers to load."),
-    ) -> ORJSONResponse:
+    ) -> JSONResponse:
         """Register a model archive and start its workers."""
         code, message = await dataplane.register(
             url, model_name=model_name, batch_size=batch_size, max_batch_delay=max_batch_delay,
             initial_workers=initial_workers, response_timeout=response_timeout,
             synchronous=synchronous,
         )
-        return _status(code, message)
+        return status_response(code, message)
 
     @app.get("/models")
     async def list_models(limit: int = Query(100), next_page_token: int = Query(0, ge=0)
@@ -56,37 +52,37 @@ def create_management_app(dataplane: DataPlane) -> FastAPI:
         return dataplane.describe(model_name, model_version)
 
     async def _scale(model_name: str, model_version: str | None, min_worker: int,
-                     max_worker: int | None, synchronous: bool) -> ORJSONResponse:
+                     max_worker: int | None, synchronous: bool) -> JSONResponse:
         code, message = await dataplane.scale(model_name, model_version, min_worker,
                                               max_worker, synchronous)
-        return _status(code, message)
+        return status_response(code, message)
 
     @app.put("/models/{model_name}")
     async def scale(model_name: str, min_worker: int = Query(1), max_worker: int | None = None,
-                    synchronous: bool = Query(False)) -> ORJSONResponse:
+                    synchronous: bool = Query(False)) -> JSONResponse:
         """Set the number of workers of the default version."""
         return await _scale(model_name, None, min_worker, max_worker, synchronous)
 
     @app.put("/models/{model_name}/{model_version}")
     async def scale_version(model_name: str, model_version: str, min_worker: int = Query(1),
                             max_worker: int | None = None,
-                            synchronous: bool = Query(False)) -> ORJSONResponse:
+                            synchronous: bool = Query(False)) -> JSONResponse:
         """Set the number of workers of one version."""
         return await _scale(model_name, model_version, min_worker, max_worker, synchronous)
 
     @app.put("/models/{model_name}/{model_version}/set-default")
-    async def set_default(model_name: str, model_version: str) -> ORJSONResponse:
+    async def set_default(model_name: str, model_version: str) -> JSONResponse:
         """Make this version the one /predictions/{model} uses."""
-        return _status(200, dataplane.set_default(model_name, model_version))
+        return status_response(200, dataplane.set_default(model_name, model_version))
 
     @app.delete("/models/{model_name}")
-    async def unregister(model_name: str) -> ORJSONResponse:
+    async def unregister(model_name: str) -> JSONResponse:
         """Unregister the model's default version (it must be its last)."""
-        return _status(200, await dataplane.unregister(model_name, None))
+        return status_response(200, await dataplane.unregister(model_name, None))
 
     @app.delete("/models/{model_name}/{model_version}")
-    async def unregister_version(model_name: str, model_version: str) -> ORJSONResponse:
+    async def unregister_version(model_name: str, model_version: str) -> JSONResponse:
         """Unregister one version and stop its workers."""
-        return _status(200, await dataplane.unregister(model_name, model_version))
+        return status_response(200, await dataplane.unregister(model_name, model_version))
 
     return app

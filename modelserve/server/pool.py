@@ -25,9 +25,11 @@ def cpu_count() -> int:
 
 
 class WorkerPool:
-    def __init__(self, spec: WorkerSpec, on_change: Callable[[], None],
+    def __init__(self, spec: WorkerSpec, threads: Callable[[], int], on_change: Callable[[], None],
                  on_batch_done: Callable[[list[Job], float], None]) -> None:
+        """``threads`` says, when a worker starts, how many threads it should use."""
         self.spec = spec
+        self._threads = threads
         self.workers: list[WorkerProcess] = []
         self.target = 0
         self.restarts = 0
@@ -73,7 +75,8 @@ class WorkerPool:
         await asyncio.gather(*(self._stop_one(w) for w in list(self.workers)))
 
     async def _start_one(self) -> None:
-        worker = WorkerProcess(self.spec, self._next_index, self._on_change, self._exited)
+        worker = WorkerProcess(self.spec, self._next_index, self._threads(), self._on_change,
+                               self._exited)
         self._next_index += 1
         worker.on_batch_done = self._on_batch_done
         self.workers.append(worker)

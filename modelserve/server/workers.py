@@ -44,12 +44,11 @@ class WorkerSpec:
     model_yaml_config: dict[str, Any]
     batch_size: int
     device_type: str
-    threads: int
     startup_timeout: float
     response_timeout: float
     pipeline_depth: int
 
-    def argv(self, fd: int, index: int) -> list[str]:
+    def argv(self, fd: int, index: int, threads: int) -> list[str]:
         return [
             sys.executable, "-m", "modelserve.worker",
             "--fd", str(fd),
@@ -62,7 +61,7 @@ class WorkerSpec:
             "--batch-size", str(self.batch_size),
             "--index", str(index),
             "--device-type", self.device_type,
-            "--threads", str(self.threads),
+            "--threads", str(threads),
         ]
 
 
@@ -83,10 +82,11 @@ async def spawn_process(argv: list[str], fd: int, threads: int) -> asyncio.subpr
 class WorkerProcess:
     """One worker: its process, socket, in-flight batches and state."""
 
-    def __init__(self, spec: WorkerSpec, index: int, on_change: Callable[[], None],
-                 on_exit: Callable[[WorkerProcess], None]) -> None:
+    def __init__(self, spec: WorkerSpec, index: int, threads: int,
+                 on_change: Callable[[], None], on_exit: Callable[[WorkerProcess], None]) -> None:
         self.spec = spec
         self.index = index
+        self.threads = threads
         self.id = next(_worker_ids)
         self.status = "STARTING"
         self.pid: int | None = None
@@ -109,7 +109,8 @@ class WorkerProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = await spawn_process(
-                self.spec.argv(child.fileno(), self.index), child.fileno(), self.spec.threads
+                self.spec.argv(child.fileno(), self.index, self.threads), child.fileno(),
+                self.threads,
             )
         finally:
             child.close()
@@ -207,6 +208,10 @@ class WorkerProcess:
         out = msg["out"]
         for job, (status, content_type, body, headers) in zip(jobs, out):
             job.resolve(Result(status, content_type, body, headers))
+        if len(out) < len(jobs):  # never leave a request hanging on a short answer
+            err = WorkerDiedError(f"worker answered {len(out)} of {len(jobs)} requests")
+            for job in jobs[len(out):]:
+                job.fail(err)
         if self.on_batch_done is not None:
             self.on_batch_done(jobs, msg.get("ms", 0.0))
         self._on_change()

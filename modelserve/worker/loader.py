@@ -64,7 +64,9 @@ def load_entry(handler: str, model_dir: Path, context: Context) -> Entry:
     if function_name:
         fn = getattr(module, function_name, None)
         if not callable(fn):
-            raise HandlerLoadError(f"handler module '{module_name}' has no function '{function_name}'")
+            raise HandlerLoadError(
+                f"handler module '{module_name}' has no function '{function_name}'"
+            )
         fn(None, context)
         return fn
 

@@ -7,6 +7,7 @@ the next batch is already waiting when one finishes.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -42,25 +43,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _configure_threads(threads: int) -> None:
-    """workers x threads ~= cores: oversubscription is the main CPU-serving slowdown."""
+def _limit_threads(threads: int) -> None:
+    """workers x threads ~= cores: oversubscription is the main CPU-serving slowdown.
+
+    The variables are read when torch/onnxruntime load; a handler that never imports torch
+    does not pay for importing it here.
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, str(threads))
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already set by an earlier parallel op
+        os.environ[var] = str(threads)
+
+
+def _apply_torch_threads(threads: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _pick_gpu(index: int, device_type: str) -> int | None:
     """Worker i uses cuda:(i mod count) when a GPU is present and not refused."""
-    if device_type == "cpu":
-        return None
+    if device_type == "cpu" or not glob.glob("/dev/nvidia[0-9]*"):
+        return None  # no NVIDIA device node: skip importing torch just to ask
     try:
         import torch
     except ImportError:
@@ -112,14 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the frontend's to handle
     logging.basicConfig(
         level=logging.INFO,
-        format=f"%(asctime)s [worker {args.model_name}:{args.index} pid {os.getpid()}] "
-        "%(levelname)s %(message)s",
+        format="%(levelname)s %(message)s",  # the frontend adds time and worker id
         stream=sys.stderr,
     )
     sock = socket.socket(fileno=args.fd)
     started = time.perf_counter()
     try:
-        _configure_threads(args.threads)
+        _limit_threads(args.threads)
         gpu = _pick_gpu(args.index, args.device_type)
         context = Context(
             model_name=args.model_name,
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         os.chdir(args.model_dir)
         worker = Worker(load_entry(args.handler, args.model_dir, context), context)
+        _apply_torch_threads(args.threads)
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())
         message = "".join(traceback.format_exception_only(exc)).strip()
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     load_ms = (time.perf_counter() - started) * 1000
     device = f"cuda:{gpu}" if gpu is not None else "cpu"
     log.info("loaded in %.0f ms on %s", load_ms, device)
-    sock.sendall(ipc.encode({"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms}))
+    ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms}
+    sock.sendall(ipc.encode(ready))
 
     while True:
         msg = ipc.recv_frame(sock)

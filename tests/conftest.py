@@ -1,0 +1,210 @@
+"""Fixtures: example archives built once, and a real server on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from modelserve.archive import create_archive
+
+ECHO_HANDLER = textwrap.dedent('''
+    """Test handler: echoes JSON, and misbehaves on request (no torch import: loads fast)."""
+    import os
+    import time
+
+
+    class EchoHandler:
+        def initialize(self, context):
+            self.context = context
+
+        def handle(self, data, context):
+            out = []
+            for row in data:
+                body = row.get("data", row.get("body"))
+                if isinstance(body, dict):
+                    if body.get("boom"):
+                        raise RuntimeError("kaboom")
+                    if "sleep" in body:
+                        time.sleep(body["sleep"])
+                out.append({"echo": body, "pid": os.getpid(), "batch": len(data)})
+            return out
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_pids(pid: int) -> set[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            children.add(int(entry.name))
+    return children
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class Server:
+    """A ``modelserve start`` subprocess; always stopped by the fixture that made it."""
+
+    root: Path
+    store: Path
+    load_models: list[str]
+    extra_config: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.ports = {k: free_port() for k in ("inference", "management", "metrics")}
+        self.inference = f"http://127.0.0.1:{self.ports['inference']}"
+        self.management = f"http://127.0.0.1:{self.ports['management']}"
+        self.metrics = f"http://127.0.0.1:{self.ports['metrics']}"
+        self.log_path = self.root / "server.log"
+
+    def start(self, timeout: float = 120) -> Server:
+        config = {
+            "inference_port": self.ports["inference"],
+            "management_port": self.ports["management"],
+            "metrics_port": self.ports["metrics"],
+            "model_store": str(self.store),
+            "load_models": self.load_models,
+            "workdir": str(self.root / "work"),
+            **self.extra_config,
+        }
+        config_path = self.root / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSERVE_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelserve", "start", "--config", str(config_path)],
+            stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.inference}/ping", timeout=1).status_code == 200:
+                    if "Press Ctrl-C" in self.log():
+                        return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        assert self.proc is not None
+        return child_pids(self.proc.pid)
+
+    def stop(self, timeout: float = 30) -> set[int]:
+        """SIGTERM, wait, and return any worker that outlived the server (should be none)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return set()
+        workers = self.worker_pids()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(pid_alive(p) for p in workers):
+            time.sleep(0.05)
+        survivors = {p for p in workers if pid_alive(p)}
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+        return survivors
+
+
+@pytest.fixture(scope="session")
+def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits, digits_onnx, resnet and resnet_onnx archives, built once per test run."""
+    from modelserve.examples.build import build_all
+
+    store = tmp_path_factory.mktemp("store")
+    build_all(store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def model_store(example_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples plus the test-only echo archive."""
+    src = tmp_path_factory.mktemp("echo-src")
+    handler = src / "echo_handler.py"
+    handler.write_text(ECHO_HANDLER)
+    config = src / "model-config.yaml"
+    config.write_text(yaml.safe_dump({"batchSize": 8, "maxBatchDelay": 20, "deviceType": "cpu"}))
+    create_archive(model_name="echo", version="1.0", handler=str(handler), config_file=config,
+                   export_path=example_store, force=True)
+    return example_store
+
+
+@pytest.fixture(scope="session")
+def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the integration tests: digits, digits_onnx and echo loaded at start."""
+    srv = Server(tmp_path_factory.mktemp("server"), model_store,
+                 ["digits=digits.mar", "digits_onnx=digits_onnx.mar", "echo.mar"])
+    srv.start()
+    yield srv
+    survivors = srv.stop()
+    assert not survivors, f"worker processes outlived the server: {survivors}"
+
+
+@pytest.fixture
+def isolated_server(model_store: Path, tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own (for tests that break things)."""
+    srv = Server(tmp_path, model_store, ["echo.mar"])
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_model(example_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The digits TorchScript model loaded directly, for comparing served answers."""
+    import zipfile
+
+    import torch
+
+    out = tmp_path_factory.mktemp("digits-direct")
+    with zipfile.ZipFile(example_store / "digits.mar") as zf:
+        zf.extract("digits.pt", out)
+    return torch.jit.load(str(out / "digits.pt")).eval()
+
+
+def copy_archive(store: Path, name: str, new_name: str) -> Path:
+    target = store / new_name
+    shutil.copy(store / name, target)
+    return target

@@ -1,0 +1,177 @@
+"""Inference API over real HTTP against real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modelserve.cli import DIGIT_ZERO
+from modelserve.examples.digits import load_split
+
+JSON = {"Content-Type": "application/json"}
+
+
+def predict(server, model: str, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.inference}/predictions/{model}", timeout=60, **kwargs)
+
+
+def test_ping_is_healthy(server):
+    r = httpx.get(f"{server.inference}/ping")
+    assert r.status_code == 200
+    assert r.json() == {"status": "Healthy"}
+
+
+@pytest.mark.parametrize("model", ["digits", "digits_onnx"])
+def test_digit_json_is_classified(server, model):
+    r = predict(server, model, json=DIGIT_ZERO)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["class"] == 0 and body["label"] == "zero"
+    assert body["probability"] > 0.9
+    assert r.headers["x-request-id"]
+
+
+def test_served_answers_equal_direct_model(server, digits_model):
+    _, _, x_test, _ = load_split()
+    with torch.inference_mode():
+        direct = torch.softmax(digits_model(torch.from_numpy(x_test[:20])), 1)
+    for i in range(20):
+        for model in ("digits", "digits_onnx"):
+            body = predict(server, model, json=x_test[i].ravel().tolist()).json()
+            assert body["class"] == int(direct[i].argmax())
+            assert body["probability"] == pytest.approx(float(direct[i].max()), abs=1e-4)
+
+
+def test_digit_png_is_classified(server):
+    pixels = (np.array(DIGIT_ZERO, dtype=np.float32).reshape(8, 8) * 255 / 16).round()
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buf, format="PNG")
+    r = predict(server, "digits", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.json()["class"] == 0
+
+
+def test_npy_and_raw_tensor_bodies(server):
+    x = np.array(DIGIT_ZERO, dtype=np.float32).reshape(1, 8, 8)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    r = predict(server, "digits", content=buf.getvalue(),
+                headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 200 and r.json()["class"] == 0
+    r = predict(server, "digits", content=x.tobytes(),
+                headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200 and r.json()["class"] == 0
+
+
+def test_curl_style_form_body_with_json(server):
+    """`curl -d '[...]'` sends application/x-www-form-urlencoded; the JSON is still read."""
+    body = "[" + ",".join(map(str, DIGIT_ZERO)) + "]"
+    r = predict(server, "digits", content=body,
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["class"] == 0
+
+
+def test_explicit_version_route(server):
+    r = httpx.post(f"{server.inference}/predictions/digits/1.0", json=DIGIT_ZERO)
+    assert r.status_code == 200 and r.json()["class"] == 0
+
+
+def test_request_id_is_echoed(server):
+    r = predict(server, "digits", json=DIGIT_ZERO, headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "kind"),
+    [
+        ("/predictions/nope", 404, "ModelNotFoundException"),
+        ("/predictions/digits/9.9", 404, "ModelNotFoundException"),
+        ("/no/such/route", 404, "ResourceNotFoundException"),
+    ],
+)
+def test_unknown_model_version_route(server, path, status, kind):
+    r = httpx.post(f"{server.inference}{path}", json=DIGIT_ZERO)
+    assert r.status_code == status
+    assert r.json()["type"] == kind
+    assert set(r.json()) == {"code", "type", "message"}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (b"[1, 2, 3]", JSON, r"expected 64 values .*got 3"),
+        (b"[1, 2,", JSON, r"not valid JSON"),
+        (b'{"x": 1}', JSON, r"under one of"),
+        (b'["a", "b"]', JSON, r"list of numbers"),
+        (b"\x00\x01\x02", {"Content-Type": "application/octet-stream"}, r"unrecognised body"),
+        (b"\x89PNG\r\n\x1a\nbroken", {"Content-Type": "image/png"}, r"cannot decode image"),
+        (b"", JSON, r"not valid JSON"),
+    ],
+)
+def test_bad_input_is_400_with_a_message(server, body, headers, message):
+    r = predict(server, "digits", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    err = r.json()
+    assert err["code"] == 400 and err["type"] == "BadRequestException"
+    assert re.search(message, err["message"]), err["message"]
+
+
+def test_body_over_max_request_size_is_413(server):
+    r = predict(server, "digits", content=b"0" * 6553501, headers=JSON)
+    assert r.status_code == 413
+    assert "max_request_size" in r.json()["message"]
+
+
+def test_handler_exception_is_500_and_worker_keeps_serving(server):
+    r = predict(server, "echo", json={"boom": True})
+    assert r.status_code == 500
+    assert "kaboom" in r.json()["message"]
+    r = predict(server, "echo", json={"hello": 1})
+    assert r.status_code == 200 and r.json()["echo"] == {"hello": 1}
+
+
+async def _burst(server, model: str, bodies: list) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        return await asyncio.gather(*(
+            client.post(f"{server.inference}/predictions/{model}", json=b) for b in bodies
+        ))
+
+
+def test_one_bad_request_does_not_fail_its_batch(server):
+    bodies = [{"i": i} for i in range(40)]
+    bodies[7] = bodies[23] = {"boom": True}
+    responses = asyncio.run(_burst(server, "echo", bodies))
+    for i, r in enumerate(responses):
+        if i in (7, 23):
+            assert r.status_code == 500
+        else:
+            assert r.status_code == 200 and r.json()["echo"] == {"i": i}
+
+
+def _batch_sizes(server, model: str) -> dict[str, float]:
+    text = httpx.get(f"{server.metrics}/metrics").text
+    pattern = rf'modelserve_batch_size_(count|sum){{model_name="{model}",model_version="1.0"}} (\S+)'
+    return {m[0]: float(m[1]) for m in re.findall(pattern, text)}
+
+
+def test_200_concurrent_requests_answered_correctly_and_batched(server):
+    _, _, x_test, y_test = load_split()
+    before = _batch_sizes(server, "digits")
+    bodies = [x_test[i % len(x_test)].ravel().tolist() for i in range(200)]
+    responses = asyncio.run(_burst(server, "digits", bodies))
+    assert all(r.status_code == 200 for r in responses)
+    correct = sum(r.json()["class"] == y_test[i % len(y_test)] for i, r in enumerate(responses))
+    assert correct >= 195  # the model's own accuracy is ~99 %
+    after = _batch_sizes(server, "digits")
+    batches = after["count"] - before.get("count", 0)
+    requests = after["sum"] - before.get("sum", 0)
+    assert requests == 200
+    assert requests / batches > 1.5, f"{requests} requests in {batches} batches"
