@@ -1,0 +1,236 @@
+"""Management API lifecycle, worker recovery and clean shutdown, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+from modelserve.cli import DIGIT_ZERO
+from tests.conftest import copy_archive, pid_alive
+
+
+def describe(server, name: str) -> dict:
+    r = httpx.get(f"{server.management}/models/{name}")
+    assert r.status_code == 200, r.text
+    [model] = r.json()
+    return model
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def test_list_models(server):
+    r = httpx.get(f"{server.management}/models")
+    names = [m["modelName"] for m in r.json()["models"]]
+    assert names == sorted(names)
+    assert {"digits", "digits_onnx", "echo"} <= set(names)
+    r = httpx.get(f"{server.management}/models", params={"limit": 1})
+    body = r.json()
+    assert len(body["models"]) == 1 and body["nextPageToken"] == "1"
+
+
+def test_describe_shows_workers_with_pid_and_status(server):
+    model = describe(server, "digits")
+    assert model["modelName"] == "digits" and model["modelVersion"] == "1.0"
+    assert model["batchSize"] == 8 and model["maxBatchDelay"] == 5
+    [worker] = model["workers"]
+    assert worker["status"] == "READY" and pid_alive(worker["pid"])
+    assert worker["memoryUsage"] > 0
+
+
+def test_register_predict_scale_unregister(server):
+    copy_archive(server.store, "digits.mar", "digits_copy.mar")
+    r = httpx.post(f"{server.management}/models",
+                   params={"url": "digits_copy.mar", "model_name": "digits2",
+                           "initial_workers": 1, "batch_size": 4, "max_batch_delay": 10},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == 'Model "digits2" Version: 1.0 registered with 1 initial workers'
+    assert describe(server, "digits2")["batchSize"] == 4
+
+    r = httpx.post(f"{server.inference}/predictions/digits2", json=DIGIT_ZERO)
+    assert r.status_code == 200 and r.json()["class"] == 0
+
+    r = httpx.put(f"{server.management}/models/digits2",
+                  params={"min_worker": 3, "synchronous": "true"}, timeout=120)
+    assert r.status_code == 200, r.text
+    workers = describe(server, "digits2")["workers"]
+    assert len(workers) == 3 and all(w["status"] == "READY" for w in workers)
+    pids = {w["pid"] for w in workers}
+    assert all(pid_alive(p) for p in pids)
+
+    r = httpx.put(f"{server.management}/models/digits2",
+                  params={"min_worker": 1, "synchronous": "true"}, timeout=120)
+    assert r.status_code == 200
+    [kept] = describe(server, "digits2")["workers"]
+    stopped = pids - {kept["pid"]}
+    wait_for(lambda: not any(pid_alive(p) for p in stopped), timeout=15)
+
+    r = httpx.delete(f"{server.management}/models/digits2", timeout=60)
+    assert r.status_code == 200
+    assert r.json() == {"status": 'Model "digits2" unregistered'}
+    wait_for(lambda: not pid_alive(kept["pid"]), timeout=15)
+    assert httpx.post(f"{server.inference}/predictions/digits2",
+                      json=DIGIT_ZERO).status_code == 404
+    assert httpx.get(f"{server.management}/models/digits2").status_code == 404
+
+
+def test_async_registration_returns_202_then_loads(server):
+    copy_archive(server.store, "digits_onnx.mar", "digits_async.mar")
+    r = httpx.post(f"{server.management}/models",
+                   params={"url": "digits_async.mar", "model_name": "digits_async",
+                           "initial_workers": 1, "synchronous": "false"})
+    assert r.status_code == 202
+    assert r.json() == {"status": "Processing worker updates..."}
+    wait_for(lambda: describe(server, "digits_async")["workers"]
+             and describe(server, "digits_async")["workers"][0]["status"] == "READY")
+    r = httpx.post(f"{server.inference}/predictions/digits_async", json=DIGIT_ZERO)
+    assert r.status_code == 200
+    assert httpx.delete(f"{server.management}/models/digits_async").status_code == 200
+
+
+def test_zero_workers_then_predict_is_503(server):
+    copy_archive(server.store, "digits.mar", "digits_idle.mar")
+    r = httpx.post(f"{server.management}/models",
+                   params={"url": "digits_idle.mar", "model_name": "idle", "initial_workers": 0})
+    assert r.status_code == 200
+    assert "registered with 0 initial workers" in r.json()["status"]
+    r = httpx.post(f"{server.inference}/predictions/idle", json=DIGIT_ZERO)
+    assert r.status_code == 503
+    assert "no worker" in r.json()["message"]
+    assert httpx.delete(f"{server.management}/models/idle").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "status", "pattern"),
+    [
+        ("post", "/models", {}, 400, "url is required"),
+        ("post", "/models", {"url": "missing.mar"}, 404, "not found"),
+        ("post", "/models", {"url": "digits.mar", "model_name": "digits"}, 409,
+         "already registered"),
+        ("post", "/models", {"url": "digits.mar", "batch_size": "zero"}, 400, "batch_size"),
+        ("post", "/models", {"url": "http://example.com/x.mar"}, 400, "not supported"),
+        ("get", "/models/nope", {}, 404, "Model not found: nope"),
+        ("put", "/models/nope", {"min_worker": 1}, 404, "Model not found"),
+        ("put", "/models/digits", {"min_worker": 2, "max_worker": 1}, 400,
+         "max_worker cannot be less than min_worker"),
+        ("put", "/models/digits", {"min_worker": -1}, 400, "negative"),
+        ("delete", "/models/nope", {}, 404, "Model not found"),
+        ("delete", "/models/digits/7.0", {}, 404, "version 7.0"),
+    ],
+)
+def test_management_errors(server, method, path, params, status, pattern):
+    r = httpx.request(method.upper(), f"{server.management}{path}", params=params, timeout=60)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"code", "type", "message"}
+    assert re.search(pattern, body["message"]), body["message"]
+
+
+def test_corrupt_archive_is_400(server, tmp_path):
+    bad = server.store / "corrupt.mar"
+    bad.write_bytes(b"PK\x03\x04 this is not really a zip")
+    r = httpx.post(f"{server.management}/models", params={"url": "corrupt.mar"})
+    assert r.status_code == 400
+    assert "corrupt.mar" in r.json()["message"]
+
+
+def test_killed_worker_is_replaced_and_requests_succeed(server):
+    [worker] = describe(server, "echo")["workers"]
+    os.kill(worker["pid"], signal.SIGKILL)
+
+    def replaced():
+        workers = describe(server, "echo")["workers"]
+        return workers and workers[0]["pid"] != worker["pid"] and workers[0]["status"] == "READY"
+
+    wait_for(replaced, timeout=60)
+    for i in range(5):
+        r = httpx.post(f"{server.inference}/predictions/echo", json={"n": i})
+        assert r.status_code == 200 and r.json()["echo"] == {"n": i}
+    assert "killed by signal SIGKILL" in server.log()
+
+
+def test_inflight_requests_on_a_killed_worker_get_a_clear_error(server):
+    import threading
+
+    [worker] = describe(server, "echo")["workers"]
+    result: dict = {}
+
+    def slow_request():
+        result["r"] = httpx.post(f"{server.inference}/predictions/echo",
+                                 json={"sleep": 30}, timeout=60)
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(1.0)  # the request is now inside the worker
+    os.kill(worker["pid"], signal.SIGKILL)
+    thread.join(30)
+    r = result["r"]
+    assert r.status_code == 503
+    assert "died" in r.json()["message"] and "SIGKILL" in r.json()["message"]
+    wait_for(lambda: [w["status"] for w in describe(server, "echo")["workers"]] == ["READY"],
+             timeout=60)
+
+
+def test_sigterm_stops_server_and_every_worker(isolated_server):
+    isolated_server.start()
+    workers = isolated_server.worker_pids()
+    assert workers
+    survivors = isolated_server.stop()
+    assert not survivors
+    assert isolated_server.proc.returncode == 0
+    assert not any(pid_alive(p) for p in workers)
+
+
+def test_ctrl_c_stops_server_and_every_worker(isolated_server):
+    """Ctrl-C sends SIGINT to the whole process group: workers must leave it to the server."""
+    isolated_server.start()
+    workers = isolated_server.worker_pids()
+    os.kill(isolated_server.proc.pid, signal.SIGINT)
+    for pid in workers:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGINT)  # what the terminal does to the group
+    isolated_server.proc.wait(30)
+    wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=10)
+    assert isolated_server.proc.returncode == 0
+
+
+def scrape(server) -> dict[str, list[tuple[dict, float]]]:
+    """Samples by name, parsed with prometheus-client's own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[str, list[tuple[dict, float]]] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{server.metrics}/metrics").text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def test_metrics_use_torchserve_names(server):
+    httpx.post(f"{server.inference}/predictions/digits", json=DIGIT_ZERO)
+    samples = scrape(server)
+    for name in ("ts_inference_requests_total", "ts_inference_latency_microseconds",
+                 "ts_queue_latency_microseconds"):
+        [(labels, value)] = [s for s in samples[name] if s[0]["model_name"] == "digits"]
+        assert labels["model_version"] == "default" and labels["hostname"]
+        assert value > 0
+    [(labels, value)] = samples["Requests2XX"]
+    assert labels["Level"] == "Host" and value >= 1
+    ours = {"model_name": "digits", "model_version": "1.0"}
+    for name in ("modelserve_request_latency_seconds_bucket", "modelserve_queue_time_seconds_bucket",
+                 "modelserve_batch_size_bucket"):
+        assert any(ours.items() <= labels.items() for labels, _ in samples[name])
+    assert (ours, 1.0) in samples["modelserve_workers"]
+    assert not any(name.endswith("_created") for name in samples)
