@@ -1,0 +1,71 @@
+"""The command line: help that documents every command, and the archiver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+from typer.testing import CliRunner
+
+from modelserve.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("start", "archive", "examples"):
+        assert command in result.output
+
+
+def test_start_help_documents_its_flags():
+    result = runner.invoke(app, ["start", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--config", "--model-store", "--models"):
+        assert flag in result.output
+
+
+def test_archive_command_builds_a_mar(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    result = runner.invoke(app, [
+        "archive", "--model-name", "m", "--version", "3.0", "--handler", "tensor_handler",
+        "--serialized-file", str(tmp_path / "model.onnx"), "--export-path", str(tmp_path / "o"),
+    ])
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(tmp_path / "o" / "m.mar") as zf:
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+    assert manifest["model"]["modelVersion"] == "3.0"
+
+
+def test_archive_command_reports_errors(tmp_path):
+    result = runner.invoke(app, ["archive", "--model-name", "m", "--handler", "x",
+                                 "--serialized-file", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2
+    assert "not found" in result.output
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "modelserve", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("modelserve ")
+
+
+def test_frontend_does_not_import_torch():
+    """The frontend process stays light: building the apps must not pull in torch."""
+    code = (
+        "import sys\n"
+        "from modelserve.config import Settings\n"
+        "from modelserve.server.app import run_server\n"
+        "from modelserve.server.dataplane import DataPlane\n"
+        "from modelserve.server.metrics import ServerMetrics\n"
+        "from modelserve.server.inference_api import create_inference_app\n"
+        "from modelserve.server.management_api import create_management_app\n"
+        "s = Settings(); d = DataPlane(s, ServerMetrics())\n"
+        "create_inference_app(d, s); create_management_app(d)\n"
+        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"
+        "assert 'numpy' not in sys.modules, 'numpy'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
