@@ -36,6 +36,7 @@ serve: examples
 	$(BIN)/modelserve start --config $(CONFIG)
 
 test: install-dev
+	$(BIN)/ruff check modelserve tests bench
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

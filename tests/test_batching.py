@@ -70,7 +70,8 @@ def make(batch_size=8, delay_ms=50.0, queue_size=1000, workers=1, compute_s=0.02
 
 
 def job(i: int) -> Job:
-    return Job(str(i), "text/plain", str(i).encode(), {}, asyncio.get_running_loop().create_future())
+    future = asyncio.get_running_loop().create_future()
+    return Job(str(i), "text/plain", str(i).encode(), {}, future)
 
 
 async def test_lone_request_on_idle_server_is_not_held_for_the_delay():

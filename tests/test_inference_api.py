@@ -158,7 +158,8 @@ def test_one_bad_request_does_not_fail_its_batch(server):
 
 def _batch_sizes(server, model: str) -> dict[str, float]:
     text = httpx.get(f"{server.metrics}/metrics").text
-    pattern = rf'modelserve_batch_size_(count|sum){{model_name="{model}",model_version="1.0"}} (\S+)'
+    labels = f'model_name="{model}",model_version="1.0"'
+    pattern = rf"modelserve_batch_size_(count|sum){{{labels}}} (\S+)"
     return {m[0]: float(m[1]) for m in re.findall(pattern, text)}
 
 

@@ -223,14 +223,15 @@ def test_metrics_use_torchserve_names(server):
     samples = scrape(server)
     for name in ("ts_inference_requests_total", "ts_inference_latency_microseconds",
                  "ts_queue_latency_microseconds"):
-        [(labels, value)] = [s for s in samples[name] if s[0]["model_name"] == "digits"]
-        assert labels["model_version"] == "default" and labels["hostname"]
+        [(labels, value)] = [s for s in samples[name] if s[0]["model_name"] == "digits"
+                             and s[0]["model_version"] == "default"]
+        assert labels["hostname"]
         assert value > 0
     [(labels, value)] = samples["Requests2XX"]
     assert labels["Level"] == "Host" and value >= 1
     ours = {"model_name": "digits", "model_version": "1.0"}
-    for name in ("modelserve_request_latency_seconds_bucket", "modelserve_queue_time_seconds_bucket",
-                 "modelserve_batch_size_bucket"):
+    for name in ("modelserve_request_latency_seconds_bucket",
+                 "modelserve_queue_time_seconds_bucket", "modelserve_batch_size_bucket"):
         assert any(ours.items() <= labels.items() for labels, _ in samples[name])
     assert (ours, 1.0) in samples["modelserve_workers"]
     assert not any(name.endswith("_created") for name in samples)
