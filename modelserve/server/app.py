@@ -37,6 +37,7 @@ def _listener(app: Any, settings: Settings, port: int) -> _Listener:
     config = uvicorn.Config(
         app, host=settings.host, port=port, http="httptools", loop="none", lifespan="off",
         log_level=settings.log_level, access_log=settings.access_log, server_header=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     return _Listener(config)

@@ -53,7 +53,7 @@ class DataPlane:
         finally:
             now = time.perf_counter()
             queued = (job.dispatched or now) - job.arrival
-            self.metrics.observe_request(name, mv.version, version, now - job.arrival, queued)
+            mv.metrics.observe_request(version, now - job.arrival, queued)
 
     def is_healthy(self) -> bool:
         """TorchServe's /ping: every default version has its minimum of ready workers."""
@@ -163,24 +163,22 @@ class DataPlane:
             response_timeout=config.response_timeout,
             pipeline_depth=self.settings.pipeline_depth,
         )
-        labels = (name, version)
-        batch_hist = self.metrics.batch_size.labels(*labels)
-        worker_hist = self.metrics.worker_time.labels(*labels)
-        workers_gauge = self.metrics.workers.labels(*labels)
+        metrics = self.metrics.for_version(name, version)
 
         def on_batch_done(jobs: list[Job], handler_ms: float) -> None:
-            batch_hist.observe(len(jobs))
-            worker_hist.observe(handler_ms / 1000.0)
+            metrics.batch_size.observe(len(jobs))
+            metrics.handler_time.observe(handler_ms / 1000.0)
 
         def on_change() -> None:
-            workers_gauge.set(pool.ready_count)
+            metrics.workers.set(pool.ready_count)
             batcher.wake()
 
         pool = WorkerPool(spec, self._threads, on_change, on_batch_done)
         batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
                           config.job_queue_size, queue_timeout_s=config.response_timeout)
-        self.metrics.queue_depth.labels(*labels).set_function(lambda: len(batcher.pending))
-        return ModelVersion(name, version, url, archive, config, pool, batcher, loaded_at_startup)
+        metrics.queue_depth.set_function(lambda: len(batcher.pending))
+        return ModelVersion(name, version, url, archive, config, pool, batcher, metrics,
+                            loaded_at_startup)
 
     async def scale(self, name: str, version: str | None, min_worker: int,
                     max_worker: int | None, synchronous: bool) -> tuple[int, str]:

@@ -5,7 +5,8 @@ This is the hot path: the body is read once and handed to the worker as bytes, u
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 
 from fastapi import FastAPI, Request, Response
 
@@ -45,6 +46,9 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
     limit = settings.max_request_size
+    # Request ids: unique per process start, and far cheaper than uuid4 on the hot path.
+    id_prefix = f"{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
+    id_counter = itertools.count()
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
@@ -56,7 +60,7 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     async def predict(request: Request, model_name: str, model_version: str | None) -> Response:
         body = await read_body(request, limit)
         headers = request.headers
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = headers.get("x-request-id") or f"{id_prefix}{next(id_counter):x}"
         result = await dataplane.infer(
             model_name, model_version, body, headers.get("content-type", ""),
             dict(headers), request_id,

@@ -64,6 +64,31 @@ class _TorchServeCounters(Collector):
             yield metric
 
 
+class VersionMetrics:
+    """One model version's series, bound at registration."""
+
+    def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
+        self.model = model
+        self._ts = metrics.ts
+        self._latency = metrics.request_latency.labels(model, version)
+        self._queue = metrics.queue_time.labels(model, version)
+        self.batch_size = metrics.batch_size.labels(model, version)
+        self.handler_time = metrics.worker_time.labels(model, version)
+        self.workers = metrics.workers.labels(model, version)
+        self.queue_depth = metrics.queue_depth.labels(model, version)
+
+    def observe_request(self, requested: str | None, latency_s: float, queue_s: float) -> None:
+        """One answered request. TorchServe labels its counters with the version the client
+        asked for, or ``default``; the histograms carry the version that served it."""
+        key = (self.model, requested or "default")
+        ts = self._ts
+        ts.requests[key] += 1
+        ts.latency_us[key] += latency_s * 1e6
+        ts.queue_us[key] += queue_s * 1e6
+        self._latency.observe(latency_s)
+        self._queue.observe(queue_s)
+
+
 class ServerMetrics:
     """Every metric the frontend exposes, in one registry of its own."""
 
@@ -104,17 +129,9 @@ class ServerMetrics:
         if klass in ("2XX", "4XX", "5XX"):
             self.ts.status[klass] += 1
 
-    def observe_request(
-        self, model: str, version: str, requested: str | None, latency_s: float, queue_s: float
-    ) -> None:
-        """One answered request. TorchServe labels its counters with the version the client
-        asked for, or ``default``; the histograms carry the version that served it."""
-        key = (model, requested or "default")
-        self.ts.requests[key] += 1
-        self.ts.latency_us[key] += latency_s * 1e6
-        self.ts.queue_us[key] += queue_s * 1e6
-        self.request_latency.labels(model, version).observe(latency_s)
-        self.queue_time.labels(model, version).observe(queue_s)
+    def for_version(self, model: str, version: str) -> VersionMetrics:
+        """Series of one model version, bound once so the hot path skips label lookups."""
+        return VersionMetrics(self, model, version)
 
     def forget(self, model: str, version: str) -> None:
         """Drop a model version's series when it is unregistered."""

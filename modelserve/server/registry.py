@@ -10,6 +10,7 @@ from modelserve.archive import Archive
 from modelserve.config import ModelConfig
 from modelserve.errors import ConflictError, ModelNotFoundError, ModelServeError
 from modelserve.server.batching import Batcher
+from modelserve.server.metrics import VersionMetrics
 from modelserve.server.pool import WorkerPool
 
 
@@ -22,6 +23,7 @@ class ModelVersion:
     config: ModelConfig
     pool: WorkerPool
     batcher: Batcher
+    metrics: VersionMetrics
     loaded_at_startup: bool = False
     registered_at: float = field(default_factory=time.time)
 

@@ -51,6 +51,9 @@ def _limit_threads(threads: int) -> None:
     """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    # Idle OpenMP threads otherwise spin for a while after each op, burning the CPU the
+    # frontend needs (measured: 0.70 -> 0.20 ms of worker CPU per digits request).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _apply_torch_threads(threads: int) -> None:
@@ -111,7 +114,10 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the frontend's to handle
+    # Ctrl-C and a group-wide SIGTERM (systemd, `timeout`) are the frontend's to handle: it
+    # drains and stops its workers; if the frontend dies, the socket closes and we exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO,
         format="%(levelname)s %(message)s",  # the frontend adds time and worker id

@@ -1,0 +1,220 @@
+"""Benchmark: served throughput and latency vs. the model called directly, in one run.
+
+For each model (``digits``: serving overhead; ``resnet``: compute-bound) it measures
+  1. direct in-process inference of the archive's TorchScript model: batched throughput
+     (batch = the archive's batchSize) and single-request latency;
+  2. the load generator's own ceiling against ``GET /ping`` (it must sit well above 3.);
+  3. the real server (one worker, the archive's batch size and delay) under closed-loop load
+     at each concurrency: requests/s, p50/p90/p99, errors, mean batch size, RSS.
+
+    python bench/serve_bench.py --model-store model_store [--duration 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import LoadResult, build_request, closed_loop  # noqa: E402
+
+HOST = "127.0.0.1"
+SHAPES = {"digits": (1, 8, 8), "resnet": (3, 64, 64)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def bodies(model: str) -> dict[str, tuple[bytes, str]]:
+    """Request bodies per encoding: JSON numbers, and for resnet also a binary .npy."""
+    rng = np.random.default_rng(0)
+    x = (rng.random(SHAPES[model], dtype=np.float32) * (16 if model == "digits" else 1))
+    out = {"json": (json.dumps(np.round(x, 4).ravel().tolist()).encode(), "application/json")}
+    if model == "resnet":
+        buf = io.BytesIO()
+        np.save(buf, x)
+        out["npy"] = (buf.getvalue(), "application/x-npy")
+    return out
+
+
+def direct(store: Path, model: str, batch: int, seconds: float = 5.0) -> dict[str, float]:
+    """The model's own speed: TorchScript from the archive, all cores, inference_mode."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(store / f"{model}.mar") as zf:
+        zf.extract(f"{model}.pt", tmp)
+        net = torch.jit.load(f"{tmp}/{model}.pt").eval()
+    results: dict[str, float] = {}
+    for size, key in ((batch, "batched"), (1, "single")):
+        x = torch.rand(size, *SHAPES[model])
+        with torch.inference_mode():
+            for _ in range(5):
+                net(x)
+            times = []
+            stop = time.perf_counter() + seconds / 2
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                torch.softmax(net(x), 1)
+                times.append(time.perf_counter() - t0)
+        results[f"{key}_rps"] = size * len(times) / sum(times)
+        results[f"{key}_p50_ms"] = sorted(times)[len(times) // 2] * 1000
+    return results
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf(
+            "SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+class ServerUnderTest:
+    def __init__(self, store: Path, model: str, workdir: Path) -> None:
+        self.ports = [free_port() for _ in range(3)]
+        config = {
+            "inference_port": self.ports[0], "management_port": self.ports[1],
+            "metrics_port": self.ports[2], "model_store": str(store),
+            "load_models": [f"{model}={model}.mar"], "workdir": str(workdir / "work"),
+            "log_level": "warning",
+        }
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelserve", "start", "--config", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "Press Ctrl-C" in line:
+                break
+        else:
+            raise RuntimeError("server did not start")
+
+    def batch_mean(self, model: str) -> tuple[float, float]:
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://{HOST}:{self.ports[2]}/metrics").read().decode()
+        values = dict(re.findall(
+            rf'modelserve_batch_size_(sum|count){{model_name="{model}",model_version="[^"]+"}} '
+            r"(\S+)", text))
+        return float(values.get("sum", 0)), float(values.get("count", 0))
+
+    def memory(self) -> dict[str, float]:
+        return {"frontend_rss_mb": rss_mb(self.proc.pid),
+                "workers_rss_mb": sum(rss_mb(p) for p in children(self.proc.pid))}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def run_load(port: int, path: str, body: bytes, content_type: str, concurrency: int,
+             duration: float) -> LoadResult:
+    request = build_request(HOST, port, "POST" if body else "GET", path, body, content_type)
+    return asyncio.run(closed_loop(HOST, port, request, concurrency, duration))
+
+
+def row(label: str, r: LoadResult, batch: float | None = None) -> dict[str, object]:
+    return {
+        "case": label, "concurrency": r.concurrency, "rps": round(r.rps, 1),
+        "p50_ms": round(r.percentile(50) * 1000, 2), "p90_ms": round(r.percentile(90) * 1000, 2),
+        "p99_ms": round(r.percentile(99) * 1000, 2), "errors": r.errors,
+        "mean_batch": None if batch is None else round(batch, 2),
+    }
+
+
+def bench_model(store: Path, model: str, concurrencies: list[int], duration: float) -> dict:
+    batch_size = yaml.safe_load(
+        zipfile.ZipFile(store / f"{model}.mar").read(f"{model}-model-config.yaml"))["batchSize"]
+    report: dict = {"model": model, "direct": direct(store, model, batch_size), "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerUnderTest(store, model, Path(tmp))
+        try:
+            report["memory_idle"] = server.memory()
+            port = server.ports[0]
+            ceiling = run_load(port, "/ping", b"", "", 32, duration / 2)
+            report["rows"].append(row("GET /ping (load generator ceiling)", ceiling))
+            for encoding, (body, ctype) in bodies(model).items():
+                for c in concurrencies:
+                    before = server.batch_mean(model)
+                    r = run_load(port, f"/predictions/{model}", body, ctype, c, duration)
+                    after = server.batch_mean(model)
+                    batches = after[1] - before[1]
+                    mean = (after[0] - before[0]) / batches if batches else None
+                    report["rows"].append(row(f"{model} {encoding}", r, mean))
+            report["memory_loaded"] = server.memory()
+        finally:
+            server.stop()
+    return report
+
+
+def print_report(report: dict) -> None:
+    d = report["direct"]
+    print(f"\n== {report['model']} ==")
+    print(f"direct TorchScript: batched {d['batched_rps']:.0f} samples/s; "
+          f"single request p50 {d['single_p50_ms']:.3f} ms ({d['single_rps']:.0f}/s)")
+    print(f"{'case':38} {'c':>4} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>6} {'batch':>6}")
+    for r in report["rows"]:
+        batch = "" if r["mean_batch"] is None else f"{r['mean_batch']:.2f}"
+        print(f"{r['case']:38} {r['concurrency']:>4} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} "
+              f"{r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {batch:>6}")
+    idle, loaded = report["memory_idle"], report["memory_loaded"]
+    print(f"RSS idle: frontend {idle['frontend_rss_mb']:.0f} MB, workers "
+          f"{idle['workers_rss_mb']:.0f} MB; after load: frontend "
+          f"{loaded['frontend_rss_mb']:.0f} MB, workers {loaded['workers_rss_mb']:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", type=Path, default=Path("model_store"))
+    parser.add_argument("--models", nargs="+", default=["digits", "resnet"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load step")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args()
+    reports = [bench_model(args.model_store.resolve(), m, args.concurrency, args.duration)
+               for m in args.models]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        for report in reports:
+            print_report(report)
+
+
+if __name__ == "__main__":
+    main()
