@@ -176,3 +176,37 @@ def test_200_concurrent_requests_answered_correctly_and_batched(server):
     requests = after["sum"] - before.get("sum", 0)
     assert requests == 200
     assert requests / batches > 1.5, f"{requests} requests in {batches} batches"
+
+
+def test_resnet_torchscript_and_onnx_serve_the_direct_models_answer(server, example_store):
+    import zipfile
+
+    import httpx as client
+
+    for name in ("resnet", "resnet_onnx"):
+        r = client.post(f"{server.management}/models",
+                        params={"url": f"{name}.mar", "initial_workers": 1}, timeout=120)
+        assert r.status_code == 200, r.text
+    try:
+        x = np.random.default_rng(3).random((3, 64, 64), dtype=np.float32)
+        buf = io.BytesIO()
+        np.save(buf, x)
+        with zipfile.ZipFile(example_store / "resnet.mar") as zf:
+            zf.extract("resnet.pt", example_store / "direct")
+        net = torch.jit.load(str(example_store / "direct" / "resnet.pt")).eval()
+        with torch.inference_mode():
+            probs = torch.softmax(net(torch.from_numpy(x[None])), 1)[0]
+        top = torch.topk(probs, 5)
+        for name in ("resnet", "resnet_onnx"):
+            r = predict(server, name, content=buf.getvalue(),
+                        headers={"Content-Type": "application/x-npy"})
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert [a["class"] for a in answer] == top.indices.tolist()
+            np.testing.assert_allclose([a["probability"] for a in answer],
+                                       top.values.numpy(), rtol=1e-3, atol=1e-6)
+        r = predict(server, "resnet", json=[0.0] * 10)
+        assert r.status_code == 400 and "12288" in r.json()["message"]
+    finally:
+        for name in ("resnet", "resnet_onnx"):
+            client.delete(f"{server.management}/models/{name}", timeout=60)

@@ -235,3 +235,23 @@ def test_metrics_use_torchserve_names(server):
         assert any(ours.items() <= labels.items() for labels, _ in samples[name])
     assert (ours, 1.0) in samples["modelserve_workers"]
     assert not any(name.endswith("_created") for name in samples)
+
+
+def test_model_that_fails_to_load_is_500_with_its_cause(server, tmp_path):
+    from modelserve.archive import create_archive
+
+    handler = tmp_path / "broken_handler.py"
+    handler.write_text(
+        "class Broken:\n"
+        "    def initialize(self, context):\n"
+        "        raise RuntimeError('weights are corrupt')\n"
+        "    def handle(self, data, context):\n"
+        "        return data\n"
+    )
+    create_archive(model_name="broken", version="1.0", handler=str(handler),
+                   export_path=server.store, force=True)
+    r = httpx.post(f"{server.management}/models",
+                   params={"url": "broken.mar", "initial_workers": 1}, timeout=120)
+    assert r.status_code == 500
+    assert "weights are corrupt" in r.json()["message"]
+    assert httpx.get(f"{server.management}/models/broken").status_code == 404
