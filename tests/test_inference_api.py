@@ -89,15 +89,16 @@ def test_request_id_is_echoed(server):
 
 
 @pytest.mark.parametrize(
-    ("path", "status", "kind"),
+    ("method", "path", "status", "kind"),
     [
-        ("/predictions/nope", 404, "ModelNotFoundException"),
-        ("/predictions/digits/9.9", 404, "ModelNotFoundException"),
-        ("/no/such/route", 404, "ResourceNotFoundException"),
+        ("POST", "/predictions/nope", 404, "ModelNotFoundException"),
+        ("POST", "/predictions/digits/9.9", 404, "ModelNotFoundException"),
+        ("POST", "/no/such/route", 404, "ResourceNotFoundException"),
+        ("GET", "/predictions/digits", 405, "MethodNotAllowedException"),
     ],
 )
-def test_unknown_model_version_route(server, path, status, kind):
-    r = httpx.post(f"{server.inference}{path}", json=DIGIT_ZERO)
+def test_unknown_model_version_route(server, method, path, status, kind):
+    r = httpx.request(method, f"{server.inference}{path}", json=DIGIT_ZERO)
     assert r.status_code == status
     assert r.json()["type"] == kind
     assert set(r.json()) == {"code", "type", "message"}

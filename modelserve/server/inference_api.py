@@ -57,26 +57,24 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
             return JSONResponse({"status": "Healthy"})
         return JSONResponse({"status": "Unhealthy"}, status_code=500)
 
-    async def predict(request: Request, model_name: str, model_version: str | None) -> Response:
+    async def predictions(request: Request) -> Response:
+        """Run a model (its default version, or the one in the path) on the request body.
+
+        A plain Starlette endpoint (``app.add_route``): the hot path skips FastAPI's
+        dependency solving, which measured as the largest share of frontend CPU per request.
+        """
+        params = request.path_params
         body = await read_body(request, limit)
         headers = request.headers
         request_id = headers.get("x-request-id") or f"{id_prefix}{next(id_counter):x}"
         result = await dataplane.infer(
-            model_name, model_version, body, headers.get("content-type", ""),
-            dict(headers), request_id,
+            params["model_name"], params.get("model_version"), body,
+            headers.get("content-type", ""), dict(headers), request_id,
         )
         return Response(result.body, status_code=result.status, media_type=result.content_type,
-                         headers={**result.headers, "x-request-id": request_id})
+                        headers={**result.headers, "x-request-id": request_id})
 
-    @app.api_route("/predictions/{model_name}", methods=["POST", "PUT"])
-    async def predictions(request: Request, model_name: str) -> Response:
-        """Run the model's default version on the request body."""
-        return await predict(request, model_name, None)
-
-    @app.api_route("/predictions/{model_name}/{model_version}", methods=["POST", "PUT"])
-    async def predictions_version(request: Request, model_name: str,
-                                  model_version: str) -> Response:
-        """Run one version of the model on the request body."""
-        return await predict(request, model_name, model_version)
+    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
+        app.add_route(path, predictions, methods=["POST", "PUT"])
 
     return app
