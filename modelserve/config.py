@@ -45,6 +45,20 @@ class Settings(BaseSettings):
     )
     pipeline_depth: int = Field(2, ge=1, description="Batches in flight per worker.")
     max_request_size: int = Field(6553500, ge=1, description="Largest request body, bytes.")
+    max_response_size: int = Field(6553500, ge=1, description="Largest response body, bytes.")
+    allowed_urls: list[str] = Field(
+        default_factory=list,
+        description="Regexes of http(s)/file URLs that POST /models may fetch; empty: only "
+        "archives inside model_store.",
+    )
+    install_py_dep_per_model: bool = Field(
+        False, description="pip-install an archive's requirements file for its workers."
+    )
+    models: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="Per-model overrides, TorchServe's shape: name -> version -> "
+        "{minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout, ...}.",
+    )
     threads_per_worker: int | None = Field(
         None, ge=1, description="Torch/ONNX threads per worker; default cores / workers."
     )
