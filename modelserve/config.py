@@ -110,9 +110,11 @@ class ModelConfig(BaseModel):
 
     @classmethod
     def resolve(
-        cls, settings: Settings, yaml_config: dict[str, Any], overrides: dict[str, Any]
+        cls, settings: Settings, yaml_config: dict[str, Any], overrides: dict[str, Any],
+        configured: dict[str, Any] | None = None,
     ) -> ModelConfig:
-        """Server defaults, then the archive's model-config.yaml, then API parameters."""
+        """Server defaults, then the server's per-model ``models`` entry, then the archive's
+        model-config.yaml, then API parameters (TorchServe's order)."""
         values: dict[str, Any] = {
             "min_workers": settings.default_workers_per_model,
             "max_workers": settings.default_workers_per_model,
@@ -122,6 +124,7 @@ class ModelConfig(BaseModel):
             "startup_timeout": settings.startup_timeout,
             "job_queue_size": settings.job_queue_size,
         }
+        values.update(cls.model_validate(configured or {}).model_dump(exclude_unset=True))
         from_yaml = cls.model_validate(yaml_config).model_dump(exclude_unset=True)
         values.update(from_yaml)
         if "min_workers" in from_yaml and "max_workers" not in from_yaml:

@@ -9,9 +9,8 @@ worker -> frontend
     ``{"op": "ready", "pid": int, "device": str, "load_ms": float}``
     ``{"op": "load_failed", "error": str}``
     ``{"op": "result", "id": int, "out": [[status, content_type, body, headers], ...],
-    "ms": float, "metrics": [[name, value, unit, dimensions], ...]}``
-    (``metrics`` carries the handler's ``context.metrics`` calls; the frontend does not
-    expose them yet.)
+    "ms": float, "metrics": [[type, name, unit, labels, value], ...]}``
+    (``metrics`` carries the handler's ``context.metrics`` calls to the frontend's /metrics.)
 
 ``body`` is raw bytes both ways: the frontend never decodes a request body, and the worker
 encodes each response once.

@@ -6,7 +6,6 @@ ONNX) and ``index_to_name.json``; ``handle`` runs preprocess -> inference -> pos
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from modelserve.handlers.runtimes import load_model, run_model
+from modelserve.handlers.util import load_label_mapping
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class BaseHandler:
         self.model = load_model(self.model_dir / serialized, self.device)
         mapping_file = self.model_dir / "index_to_name.json"
         if mapping_file.is_file():
-            self.mapping = json.loads(mapping_file.read_text())
+            self.mapping = load_label_mapping(mapping_file)
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
@@ -61,5 +61,5 @@ class BaseHandler:
         start = time.perf_counter()
         self.context = context
         output = self.postprocess(self.inference(self.preprocess(data)))
-        context.metrics.add_time("HandlerTime", (time.perf_counter() - start) * 1000)
+        context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2))
         return output

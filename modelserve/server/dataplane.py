@@ -10,14 +10,14 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-from modelserve.archive import ArchiveError, open_archive
+from modelserve.archive import Archive, ArchiveError, open_archive
+from modelserve.archive.fetch import resolve_archive
+from modelserve.archive.requirements import RequirementsError, install_requirements
 from modelserve.config import ModelConfig, Settings
 from modelserve.errors import (
     BadRequestError,
-    ModelNotFoundError,
     ModelServeError,
     ServiceUnavailableError,
 )
@@ -25,6 +25,7 @@ from modelserve.server.batching import Batcher
 from modelserve.server.jobs import Job, Result
 from modelserve.server.metrics import ServerMetrics
 from modelserve.server.pool import WorkerPool, cpu_count
+from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelRegistry, ModelVersion
 from modelserve.server.workers import WorkerSpec
 
@@ -64,19 +65,6 @@ class DataPlane:
         return True
 
     # -- management --------------------------------------------------------------------------
-    def _resolve(self, url: str) -> Path:
-        if url.startswith(("http://", "https://")):
-            raise BadRequestError(
-                "registering from an http(s) URL is not supported yet; copy the archive "
-                "into the model store"
-            )
-        path = Path(url.removeprefix("file://"))
-        if not path.is_absolute():
-            path = self.settings.model_store / path
-        if not path.exists():
-            raise ModelNotFoundError(f"Model not found in model store: {url}")
-        return path
-
     def _threads(self) -> int:
         """workers x threads ~= cores, counting every worker the registry wants now."""
         if self.settings.threads_per_worker:
@@ -84,49 +72,43 @@ class DataPlane:
         workers = sum(mv.pool.target for mv in self.registry.all())
         return max(1, cpu_count() // max(1, workers))
 
-    async def register(
-        self,
-        url: str,
-        *,
-        model_name: str | None = None,
-        batch_size: int | None = None,
-        max_batch_delay: float | None = None,
-        initial_workers: int | None = None,
-        response_timeout: float | None = None,
-        synchronous: bool = True,
-        loaded_at_startup: bool = False,
-    ) -> tuple[int, str]:
+    async def register(self, req: RegisterRequest,
+                       loaded_at_startup: bool = False) -> tuple[int, str]:
         """Register an archive; returns (HTTP status, message) as TorchServe words them."""
-        mv = await self._add(url, model_name=model_name, batch_size=batch_size,
-                             max_batch_delay=max_batch_delay, initial_workers=initial_workers,
-                             response_timeout=response_timeout,
-                             loaded_at_startup=loaded_at_startup)
-        return await self._start_workers(mv, synchronous)
+        mv = await self._add(req, loaded_at_startup)
+        return await self._start_workers(mv, req.synchronous)
 
-    async def _add(self, url: str, *, model_name: str | None, batch_size: int | None,
-                   max_batch_delay: float | None, initial_workers: int | None,
-                   response_timeout: float | None, loaded_at_startup: bool) -> ModelVersion:
+    async def _add(self, req: RegisterRequest, loaded_at_startup: bool) -> ModelVersion:
         """Open the archive and enter the version in the registry, without workers yet."""
-        if not url:
-            raise BadRequestError("Parameter url is required.")
-        path = self._resolve(url)
+        if req.runtime is not None and req.runtime not in ("python", "python3"):
+            raise BadRequestError(f"Invalid RuntimeType value: {req.runtime} "
+                                  "(modelserve runs python handlers)")
+        s = self.settings
+        path = await asyncio.to_thread(resolve_archive, req.url, s.model_store, s.workdir,
+                                       s.allowed_urls)
         try:
-            archive = await asyncio.to_thread(open_archive, path, self.settings.workdir)
+            archive = await asyncio.to_thread(open_archive, path, s.workdir)
         except ArchiveError as exc:
-            raise BadRequestError(f"invalid model archive {url}: {exc}") from None
-        name = model_name or archive.name
+            raise BadRequestError(f"invalid model archive {req.url}: {exc}") from None
+        name = req.model_name or archive.name
         version = archive.version
         try:
-            config = ModelConfig.resolve(self.settings, archive.model_yaml_config, {
-                "min_workers": initial_workers, "batch_size": batch_size,
-                "max_batch_delay": max_batch_delay, "response_timeout": response_timeout,
-            })
+            config = ModelConfig.resolve(
+                s, archive.model_yaml_config, {
+                    "min_workers": req.initial_workers, "batch_size": req.batch_size,
+                    "max_batch_delay": req.max_batch_delay,
+                    "response_timeout": req.response_timeout,
+                    "startup_timeout": req.startup_timeout,
+                },
+                configured=s.models.get(name, {}).get(version, {}),
+            )
         except ValueError as exc:
             raise BadRequestError(f"invalid model configuration: {exc}") from None
+        deps = await self._requirements(archive)
 
         async with self._locks[name]:
             self.registry.check_new(name, version)
-            mv = self._build(name, version, url, archive, config, loaded_at_startup)
+            mv = self._build(name, version, req, archive, config, deps, loaded_at_startup)
             self.registry.add(mv)
             mv.batcher.start()
         return mv
@@ -148,13 +130,31 @@ class DataPlane:
             ) from None
         return 200, f'Model "{name}" Version: {version} registered with {workers} initial workers'
 
-    def _build(self, name: str, version: str, url: str, archive: Any, config: ModelConfig,
+    async def _requirements(self, archive: Archive) -> tuple[str, ...]:
+        """Install the archive's requirements when enabled; the paths its workers import from."""
+        req_file = archive.manifest.model.requirements_file
+        if not req_file:
+            return ()
+        if not self.settings.install_py_dep_per_model:
+            log.warning("%s has a requirements file that is not installed "
+                        "(install_py_dep_per_model is false)", archive.name)
+            return ()
+        try:
+            target = await asyncio.to_thread(install_requirements, archive.model_dir / req_file,
+                                             self.settings.workdir)
+        except RequirementsError as exc:
+            raise BadRequestError(str(exc)) from None
+        return (str(target),)
+
+    def _build(self, name: str, version: str, req: RegisterRequest, archive: Archive,
+               config: ModelConfig, deps: tuple[str, ...],
                loaded_at_startup: bool) -> ModelVersion:
         spec = WorkerSpec(
             model_name=name,
             model_version=version,
             model_dir=str(archive.model_dir.resolve()),
-            handler=archive.manifest.model.handler,
+            handler=req.handler or archive.manifest.model.handler,
+            extra_paths=deps,
             manifest=archive.manifest.to_json_dict(),
             model_yaml_config=archive.model_yaml_config,
             batch_size=config.batch_size,
@@ -165,9 +165,11 @@ class DataPlane:
         )
         metrics = self.metrics.for_version(name, version)
 
-        def on_batch_done(jobs: list[Job], handler_ms: float) -> None:
+        def on_batch_done(jobs: list[Job], handler_ms: float, custom: list[Any]) -> None:
             metrics.batch_size.observe(len(jobs))
             metrics.handler_time.observe(handler_ms / 1000.0)
+            if custom:
+                self.metrics.custom.record(custom)
 
         def on_change() -> None:
             metrics.workers.set(pool.ready_count)
@@ -177,7 +179,7 @@ class DataPlane:
         batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
                           config.job_queue_size, queue_timeout_s=config.response_timeout)
         metrics.queue_depth.set_function(lambda: len(batcher.pending))
-        return ModelVersion(name, version, url, archive, config, pool, batcher, metrics,
+        return ModelVersion(name, version, req.url, archive, config, pool, batcher, metrics,
                             loaded_at_startup)
 
     async def scale(self, name: str, version: str | None, min_worker: int,
@@ -271,8 +273,7 @@ class DataPlane:
         added: list[ModelVersion] = []
         for name, url in self.startup_archives():
             try:
-                mv = await self._add(url, model_name=name, batch_size=None, max_batch_delay=None,
-                                     initial_workers=None, response_timeout=None,
+                mv = await self._add(RegisterRequest(url=url, model_name=name),
                                      loaded_at_startup=True)
             except ModelServeError as exc:
                 errors.append(f"{url}: {exc.message}")

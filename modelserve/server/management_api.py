@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import Body, FastAPI, Query
 
 from modelserve import __version__
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import install_error_handlers
+from modelserve.server.registration import RegisterRequest
 from modelserve.server.responses import JSONResponse, status_response
 
 
@@ -19,20 +20,12 @@ def create_management_app(dataplane: DataPlane) -> FastAPI:
 
     @app.post("/models")
     async def register(
-        url: str = Query("", description="Archive in the model store, or a local path."),
-        model_name: str | None = Query(None, description="Overrides the manifest's name."),
-        batch_size: int | None = Query(None, ge=1),
-        max_batch_delay: float | None = Query(None, ge=0, description="Milliseconds."),
-        initial_workers: int | None = Query(None, ge=0),
-        response_timeout: float | None = Query(None, gt=0, description="Seconds."),
-        synchronous: bool = Query(True, description="Wait for the workers to load."),
+        query: Annotated[RegisterRequest, Query()],
+        body: Annotated[RegisterRequest | None, Body()] = None,
     ) -> JSONResponse:
-        """Register a model archive and start its workers."""
-        code, message = await dataplane.register(
-            url, model_name=model_name, batch_size=batch_size, max_batch_delay=max_batch_delay,
-            initial_workers=initial_workers, response_timeout=response_timeout,
-            synchronous=synchronous,
-        )
+        """Register a model archive and start its workers (parameters in the query string,
+        or the same keys in a JSON body)."""
+        code, message = await dataplane.register(body if body is not None else query)
         return status_response(code, message)
 
     @app.get("/models")

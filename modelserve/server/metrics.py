@@ -8,9 +8,11 @@ counter, so those cumulative sums are exposed by a small collector under their e
 
 from __future__ import annotations
 
+import re
 import socket
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +30,7 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CUSTOM_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class _TorchServeCounters(Collector):
@@ -64,6 +67,57 @@ class _TorchServeCounters(Collector):
             yield metric
 
 
+_NAME_OK = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
+
+
+class _CustomMetrics(Collector):
+    """Metrics that handlers emit through ``context.metrics`` (TorchServe's custom metrics):
+    counters are summed, gauges keep the last value, histograms bucket every value."""
+
+    def __init__(self) -> None:
+        # (type, name) -> (unit, {sorted label items: value state})
+        self.families: dict[tuple[str, str], dict[tuple[tuple[str, str], ...], Any]] = {}
+        self.units: dict[tuple[str, str], str] = {}
+
+    def record(self, events: list[Any]) -> None:
+        for metric_type, name, unit, labels, value in events:
+            if not _NAME_OK.match(name) or metric_type not in ("counter", "gauge", "histogram"):
+                continue
+            key = (metric_type, name)
+            series = self.families.setdefault(key, {})
+            self.units[key] = unit
+            labels = {**labels, "Hostname": HOSTNAME}
+            label_key = tuple(sorted(labels.items()))
+            if metric_type == "counter":
+                series[label_key] = series.get(label_key, 0.0) + value
+            elif metric_type == "gauge":
+                series[label_key] = value
+            else:
+                buckets = series.setdefault(label_key, [0] * (len(CUSTOM_BUCKETS) + 1) + [0.0])
+                for i, bound in enumerate(CUSTOM_BUCKETS):
+                    if value <= bound:
+                        buckets[i] += 1
+                buckets[-2] += 1  # +Inf and count
+                buckets[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        for (metric_type, name), series in self.families.items():
+            doc = f"Custom handler metric ({self.units[(metric_type, name)]})"
+            typ = "untyped" if metric_type == "counter" else metric_type
+            metric = Metric(name, doc, typ)
+            for label_key, state in series.items():
+                labels = dict(label_key)
+                if metric_type != "histogram":
+                    metric.add_sample(name, labels, state)
+                    continue
+                for bound, count in zip(CUSTOM_BUCKETS, state):
+                    metric.add_sample(f"{name}_bucket", {**labels, "le": str(bound)}, count)
+                metric.add_sample(f"{name}_bucket", {**labels, "le": "+Inf"}, state[-2])
+                metric.add_sample(f"{name}_count", labels, state[-2])
+                metric.add_sample(f"{name}_sum", labels, state[-1])
+            yield metric
+
+
 class VersionMetrics:
     """One model version's series, bound at registration."""
 
@@ -96,6 +150,8 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.ts = _TorchServeCounters()
         self.registry.register(self.ts)
+        self.custom = _CustomMetrics()
+        self.registry.register(self.custom)
         labels = ["model_name", "model_version"]
         self.request_latency = Histogram(
             "modelserve_request_latency_seconds",

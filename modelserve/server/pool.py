@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from modelserve.server.jobs import Job
 from modelserve.server.workers import WorkerProcess, WorkerSpec
@@ -26,7 +27,7 @@ def cpu_count() -> int:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, threads: Callable[[], int], on_change: Callable[[], None],
-                 on_batch_done: Callable[[list[Job], float], None]) -> None:
+                 on_batch_done: Callable[[list[Job], float, list[Any]], None]) -> None:
         """``threads`` says, when a worker starts, how many threads it should use."""
         self.spec = spec
         self._threads = threads

@@ -40,6 +40,7 @@ class WorkerSpec:
     model_version: str
     model_dir: str
     handler: str
+    extra_paths: tuple[str, ...]  # put first on the worker's sys.path (installed requirements)
     manifest: dict[str, Any]
     model_yaml_config: dict[str, Any]
     batch_size: int
@@ -47,6 +48,13 @@ class WorkerSpec:
     startup_timeout: float
     response_timeout: float
     pipeline_depth: int
+
+    def env(self, threads: int) -> dict[str, str]:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        if self.extra_paths:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [*self.extra_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
+        return env
 
     def argv(self, fd: int, index: int, threads: int) -> list[str]:
         return [
@@ -70,9 +78,9 @@ class WorkerLoadError(ModelServeError):
     type = "WorkerLoadException"
 
 
-async def spawn_process(argv: list[str], fd: int, threads: int) -> asyncio.subprocess.Process:
+async def spawn_process(argv: list[str], fd: int,
+                        env: dict[str, str]) -> asyncio.subprocess.Process:
     """Start one worker interpreter (the one OS call tests may replace)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     return await asyncio.create_subprocess_exec(
         *argv, pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
@@ -102,7 +110,7 @@ class WorkerProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_batch_done: Callable[[list[Job], float], None] | None = None
+        self.on_batch_done: Callable[[list[Job], float, list[Any]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,7 +118,7 @@ class WorkerProcess:
         try:
             self._proc = await spawn_process(
                 self.spec.argv(child.fileno(), self.index, self.threads), child.fileno(),
-                self.threads,
+                self.spec.env(self.threads),
             )
         finally:
             child.close()
@@ -213,7 +221,7 @@ class WorkerProcess:
             for job in jobs[len(out):]:
                 job.fail(err)
         if self.on_batch_done is not None:
-            self.on_batch_done(jobs, msg.get("ms", 0.0))
+            self.on_batch_done(jobs, msg.get("ms", 0.0), msg.get("metrics") or [])
         self._on_change()
 
     async def _read_results(self, reader: asyncio.StreamReader) -> None:

@@ -10,55 +10,7 @@ import time
 from typing import Any
 
 from modelserve import __version__
-
-
-class Metrics:
-    """Handler-side custom metrics (TorchServe's ``context.metrics`` calls).
-
-    Values are kept per name with their unit and dimensions; ``drain`` hands them to the
-    worker loop, which sends them to the frontend with the batch's results.
-    """
-
-    def __init__(self, model_name: str) -> None:
-        self.model_name = model_name
-        self._pending: list[tuple[str, float, str, dict[str, str]]] = []
-
-    def add_metric(
-        self, name: str, value: float, unit: str = "Count", dimensions: Any = None, **_: Any
-    ) -> None:
-        self._pending.append((name, float(value), unit, _dims(dimensions)))
-
-    def add_counter(self, name: str, value: float = 1, dimensions: Any = None, **_: Any) -> None:
-        self.add_metric(name, value, "Count", dimensions)
-
-    def add_time(
-        self, name: str, value: float, dimensions: Any = None, unit: str = "ms", **_: Any
-    ) -> None:
-        self.add_metric(name, value, unit, dimensions)
-
-    def add_size(
-        self, name: str, value: float, dimensions: Any = None, unit: str = "MB", **_: Any
-    ) -> None:
-        self.add_metric(name, value, unit, dimensions)
-
-    def add_percent(self, name: str, value: float, dimensions: Any = None, **_: Any) -> None:
-        self.add_metric(name, value, "Percent", dimensions)
-
-    def add_error(self, name: str, value: float = 1, dimensions: Any = None, **_: Any) -> None:
-        self.add_metric(name, value, "Count", dimensions)
-
-    def drain(self) -> list[tuple[str, float, str, dict[str, str]]]:
-        out, self._pending = self._pending, []
-        return out
-
-
-def _dims(dimensions: Any) -> dict[str, str]:
-    if not dimensions:
-        return {}
-    if isinstance(dimensions, dict):
-        return {str(k): str(v) for k, v in dimensions.items()}
-    # TorchServe passes Dimension objects with .name / .value
-    return {str(getattr(d, "name", d)): str(getattr(d, "value", "")) for d in dimensions}
+from modelserve.worker.metrics import MetricsCache
 
 
 class Context:
@@ -85,7 +37,7 @@ class Context:
             "server_version": __version__,
             "limit_max_image_pixels": limit_max_image_pixels,
         }
-        self.metrics = Metrics(model_name)
+        self.metrics = MetricsCache(model_name)
         self.request_ids: dict[int, str] = {}
         self._request_headers: list[dict[str, str]] = []
         self._response_status: dict[int, tuple[int, str]] = {}

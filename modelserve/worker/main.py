@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserve import ipc
+from modelserve.worker import ts_compat
 from modelserve.worker.codec import decode_request, encode_response, error_response
 from modelserve.worker.context import Context
 from modelserve.worker.loader import Entry, load_entry
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             model_yaml_config=json.loads(args.model_yaml_config),
         )
         os.chdir(args.model_dir)
+        ts_compat.install()  # TorchServe handler files import ts.*
         worker = Worker(load_entry(args.handler, args.model_dir, context), context)
         _apply_torch_threads(args.threads)
     except BaseException as exc:

@@ -1,0 +1,69 @@
+"""Where ``POST /models?url=`` may take an archive from: the model store, or an allowed URL.
+
+A name or relative path resolves inside the model store. An ``http(s)://`` or ``file://`` URL,
+or an absolute path outside the store, must match one of ``allowed_urls`` (full-match regexes,
+as TorchServe's); http(s) archives are downloaded once into the work directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from modelserve.errors import BadRequestError, ModelNotFoundError
+
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def _allowed(url: str, allowed_urls: list[str]) -> bool:
+    return any(re.fullmatch(pattern, url) for pattern in allowed_urls)
+
+
+def _download(url: str, workdir: Path) -> Path:
+    name = Path(unquote(urlparse(url).path)).name or "archive.mar"
+    target = workdir / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+                open(partial, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        partial.unlink(missing_ok=True)
+        raise BadRequestError(f"Failed to download archive from {url}: {exc}") from None
+    partial.rename(target)
+    return target
+
+
+def resolve_archive(url: str, model_store: Path, workdir: Path, allowed_urls: list[str]) -> Path:
+    """The local path of the archive ``url`` names (downloading it if it is http(s))."""
+    if not url:
+        raise BadRequestError("Parameter url is required.")
+    scheme = urlparse(url).scheme
+    if scheme in ("http", "https"):
+        if not _allowed(url, allowed_urls):
+            raise BadRequestError(f"Given URL {url} does not match any allowed URL(s)")
+        return _download(url, workdir)
+    if scheme == "file":
+        path = Path(unquote(urlparse(url).path))
+    elif scheme:
+        raise BadRequestError(f"unsupported URL scheme '{scheme}' in {url}")
+    else:
+        path = Path(url)
+    store = model_store.resolve()
+    candidate = path if path.is_absolute() else store / path
+    inside = candidate.resolve().is_relative_to(store)
+    if not inside and not _allowed(f"file://{candidate.resolve()}", allowed_urls):
+        raise BadRequestError(
+            f"{url} is outside the model store and does not match any allowed URL(s)"
+        )
+    if not candidate.exists():
+        raise ModelNotFoundError(f"Model not found in model store: {url}")
+    return candidate

@@ -1,0 +1,52 @@
+"""Built-in ``image_classifier``: TorchServe's ImageClassifier without torchvision.
+
+Each request is one image (bytes or base64), resized, center-cropped to 224 and normalised
+with ImageNet statistics; the answer is ``{label: probability}`` for the top-5 softmax classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from modelserve.handlers.base_handler import BaseHandler
+from modelserve.handlers.vision import (
+    allow_large_images,
+    handle_per_request,
+    imagenet_transform,
+    label_for,
+    preprocess_images,
+)
+
+
+class ImageClassifier(BaseHandler):
+    """Top-k classification; subclasses may replace ``image_processing`` or ``topk``."""
+
+    topk = 5
+    image_processing = staticmethod(imagenet_transform)
+
+    def initialize(self, context: Any) -> None:
+        super().initialize(context)
+        allow_large_images(context)
+
+    def set_max_result_classes(self, topk: int) -> None:
+        self.topk = topk
+
+    def get_max_result_classes(self) -> int:
+        return self.topk
+
+    def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
+        return preprocess_images(data, self.image_processing, self.device)
+
+    def postprocess(self, data: torch.Tensor) -> list[dict[str, float]]:
+        probs = torch.softmax(data.float(), dim=1)
+        # TorchServe's topk fails on models with fewer than topk classes; answer them all.
+        top_probs, top_classes = torch.topk(probs, min(self.topk, probs.shape[1]), dim=1)
+        return [
+            {label_for(self.mapping, c): p for c, p in zip(classes, row)}
+            for classes, row in zip(top_classes.tolist(), top_probs.tolist())
+        ]
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        return handle_per_request(self, data, context)
