@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from modelserve.handlers.errors import PredictionException
 from modelserve.handlers.runtimes import load_model, run_model
 from modelserve.handlers.util import load_label_mapping
 
@@ -60,6 +61,29 @@ class BaseHandler:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         start = time.perf_counter()
         self.context = context
-        output = self.postprocess(self.inference(self.preprocess(data)))
+        if self._is_describe():
+            return [self.describe_handle()]
+        data_preprocess = self.preprocess(data)
+        if self._is_explain():
+            output = self.explain_handle(data_preprocess, data)
+        else:
+            output = self.postprocess(self.inference(data_preprocess))
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2))
         return output
+
+    # -- TorchServe's describe / explain paths (chosen by request headers) --------------------
+    def _is_describe(self) -> bool:
+        return bool(self.context) and self.context.get_request_header(0, "describe") == "True"
+
+    def _is_explain(self) -> bool:
+        return bool(self.context) and self.context.get_request_header(0, "explain") == "True"
+
+    def describe_handle(self) -> Any:
+        """Customized metadata for ``GET /models/{name}?customized=true``; override it."""
+        return None
+
+    def explain_handle(self, data_preprocess: Any, raw_data: list[dict[str, Any]]) -> list[Any]:
+        """Explanations for ``/explanations/{model}``; handlers that can explain override it."""
+        raise PredictionException(
+            f"model {self.context.model_name} does not support explanations: its handler "
+            f"{type(self).__name__} does not implement explain_handle", 501)

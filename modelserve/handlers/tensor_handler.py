@@ -132,6 +132,10 @@ class TensorHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context
+        if self._is_describe():
+            return [self.describe_handle()]
+        if self._is_explain():
+            return self.explain_handle(None, data)
         results: list[Any] = [None] * len(data)
         arrays: list[np.ndarray] = []
         good: list[int] = []

@@ -12,6 +12,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import orjson
+
 from modelserve.archive import Archive, ArchiveError, open_archive
 from modelserve.archive.fetch import resolve_archive
 from modelserve.archive.requirements import RequirementsError, install_requirements
@@ -222,10 +224,24 @@ class DataPlane:
         self.registry.set_default(name, version)
         return f'Default version successfully updated for model "{name}" to "{version}"'
 
-    def describe(self, name: str, version: str | None) -> list[dict[str, Any]]:
-        if version == "all":
-            return [mv.describe() for mv in self.registry.versions(name)]
-        return [self.registry.get(name, version).describe()]
+    async def describe(self, name: str, version: str | None,
+                       customized: bool = False) -> list[dict[str, Any]]:
+        versions = (self.registry.versions(name) if version == "all"
+                    else [self.registry.get(name, version)])
+        out = [mv.describe() for mv in versions]
+        if customized:
+            for mv, body in zip(versions, out):
+                body["customizedMetadata"] = await self._customized(mv)
+        return out
+
+    async def _customized(self, mv: ModelVersion) -> Any:
+        """The handler's ``describe_handle`` output, asked of a worker like TorchServe does."""
+        result = await self.infer(mv.name, mv.version, b"", "", {"describe": "True"},
+                                  "describe")
+        if result.status >= 400:
+            raise ModelServeError(result.body.decode(errors="replace"), status=result.status)
+        return orjson.loads(result.body) if result.content_type == "application/json" \
+            else result.body.decode(errors="replace")
 
     def list_models(self, limit: int, token: int) -> dict[str, Any]:
         if limit <= 0 or limit > 100:

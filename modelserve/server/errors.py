@@ -50,6 +50,16 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "InternalServerException", f"{type(exc).__name__}: {exc}")
 
 
+def add_api_description(app: FastAPI) -> None:
+    """TorchServe's ``OPTIONS /`` and ``GET /api-description``: the OpenAPI document."""
+
+    async def describe_api(_: Request) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    app.add_route("/", describe_api, methods=["OPTIONS"], include_in_schema=False)
+    app.add_route("/api-description", describe_api, methods=["GET"], include_in_schema=False)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelServeError, _modelserve_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

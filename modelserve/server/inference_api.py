@@ -14,7 +14,7 @@ from modelserve import __version__
 from modelserve.config import Settings
 from modelserve.errors import BadRequestError, RequestTooLargeError
 from modelserve.server.dataplane import DataPlane
-from modelserve.server.errors import install_error_handlers
+from modelserve.server.errors import add_api_description, install_error_handlers
 from modelserve.server.responses import JSONResponse
 
 
@@ -41,10 +41,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+EXPLAIN = {"explain": "True"}  # the request header TorchServe's handlers route on
+
+
 def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     app = FastAPI(title="modelserve inference API", version=__version__,
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    add_api_description(app)
     limit = settings.max_request_size
     # Request ids: unique per process start, and far cheaper than uuid4 on the hot path.
     id_prefix = f"{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
@@ -57,24 +61,36 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
             return JSONResponse({"status": "Healthy"})
         return JSONResponse({"status": "Unhealthy"}, status_code=500)
 
-    async def predictions(request: Request) -> Response:
-        """Run a model (its default version, or the one in the path) on the request body.
+    async def forward(request: Request, extra_headers: dict[str, str] | None) -> Response:
+        """Hand the body, unparsed, to the model's batcher; answer with the worker's result.
 
-        A plain Starlette endpoint (``app.add_route``): the hot path skips FastAPI's
+        Routes are plain Starlette endpoints (``app.add_route``): the hot path skips FastAPI's
         dependency solving, which measured as the largest share of frontend CPU per request.
         """
         params = request.path_params
         body = await read_body(request, limit)
-        headers = request.headers
+        headers = dict(request.headers)
+        if extra_headers:
+            headers.update(extra_headers)
         request_id = headers.get("x-request-id") or f"{id_prefix}{next(id_counter):x}"
         result = await dataplane.infer(
             params["model_name"], params.get("model_version"), body,
-            headers.get("content-type", ""), dict(headers), request_id,
+            headers.get("content-type", ""), headers, request_id,
         )
         return Response(result.body, status_code=result.status, media_type=result.content_type,
                         headers={**result.headers, "x-request-id": request_id})
 
+    async def predictions(request: Request) -> Response:
+        """Run a model (its default version, or the one in the path) on the request body."""
+        return await forward(request, None)
+
+    async def explanations(request: Request) -> Response:
+        """TorchServe's ``/explanations``: the handler's ``explain_handle`` on the body."""
+        return await forward(request, EXPLAIN)
+
     for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
         app.add_route(path, predictions, methods=["POST", "PUT"])
+    for path in ("/explanations/{model_name}", "/explanations/{model_name}/{model_version}"):
+        app.add_route(path, explanations, methods=["POST", "PUT"])
 
     return app

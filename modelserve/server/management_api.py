@@ -8,7 +8,7 @@ from fastapi import Body, FastAPI, Query
 
 from modelserve import __version__
 from modelserve.server.dataplane import DataPlane
-from modelserve.server.errors import install_error_handlers
+from modelserve.server.errors import add_api_description, install_error_handlers
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.responses import JSONResponse, status_response
 
@@ -17,6 +17,7 @@ def create_management_app(dataplane: DataPlane) -> FastAPI:
     app = FastAPI(title="modelserve management API", version=__version__,
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    add_api_description(app)
 
     @app.post("/models")
     async def register(
@@ -35,14 +36,16 @@ def create_management_app(dataplane: DataPlane) -> FastAPI:
         return dataplane.list_models(limit, next_page_token)
 
     @app.get("/models/{model_name}")
-    async def describe(model_name: str) -> list[dict[str, Any]]:
-        """The default version's configuration and workers."""
-        return dataplane.describe(model_name, None)
+    async def describe(model_name: str, customized: bool = False) -> list[dict[str, Any]]:
+        """The default version's configuration and workers; ``customized=true`` adds the
+        handler's ``describe_handle`` output."""
+        return await dataplane.describe(model_name, None, customized)
 
     @app.get("/models/{model_name}/{model_version}")
-    async def describe_version(model_name: str, model_version: str) -> list[dict[str, Any]]:
+    async def describe_version(model_name: str, model_version: str,
+                               customized: bool = False) -> list[dict[str, Any]]:
         """One version, or every version with ``all``."""
-        return dataplane.describe(model_name, model_version)
+        return await dataplane.describe(model_name, model_version, customized)
 
     async def _scale(model_name: str, model_version: str | None, min_worker: int,
                      max_worker: int | None, synchronous: bool) -> JSONResponse:
