@@ -67,20 +67,32 @@ def start(
     management_port: int | None = typer.Option(None, help="Management API port."),
     metrics_port: int | None = typer.Option(None, help="Metrics API port."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    ts_config: Path | None = typer.Option(
+        None, "--ts-config", help="A TorchServe config.properties to read (see "
+        "docs/torchserve-config.md); the environment and flags still override it."),
 ) -> None:
     """Start the server in the foreground; Ctrl-C stops it and every worker."""
     from modelserve.config import load_settings
     from modelserve.server.app import run
+    from modelserve.ts_config import read_ts_config
 
-    settings = load_settings(
-        config, model_store=model_store, load_models=models or None, host=host,
-        inference_port=inference_port, management_port=management_port,
-        metrics_port=metrics_port, log_level=log_level,
-    )
+    try:
+        ts = read_ts_config(ts_config) if ts_config else None
+        settings = load_settings(
+            config, ts_values=ts.settings if ts else None, model_store=model_store,
+            load_models=models or None, host=host, inference_port=inference_port,
+            management_port=management_port, metrics_port=metrics_port, log_level=log_level,
+        )
+    except (OSError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for warning in ts.warnings if ts else []:
+        level = logging.INFO if ": ignored, " in warning else logging.WARNING
+        logging.getLogger("modelserve.ts_config").log(level, "%s: %s", ts_config, warning)
     raise typer.Exit(run(settings, on_ready=_print_banner))
 
 

@@ -8,11 +8,12 @@ parameters, as in TorchServe.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -75,16 +76,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+        ts_values = getattr(settings_cls, "_ts_values", {})
+        return (init_settings, env_settings,
+                InitSettingsSource(settings_cls, init_kwargs=ts_values),
+                YamlConfigSettingsSource(settings_cls))
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build Settings from a YAML file, the environment and explicit overrides (None = unset)."""
+def load_settings(config_file: Path | None = None, ts_values: dict[str, Any] | None = None,
+                  **overrides: Any) -> Settings:
+    """Build Settings: explicit overrides (None = unset) > environment > values read from a
+    TorchServe config.properties > the YAML file > defaults."""
     if config_file is not None and not Path(config_file).is_file():
         raise FileNotFoundError(f"config file not found: {config_file}")
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})
+        _ts_values: ClassVar[dict[str, Any]] = ts_values or {}
 
     given = {k: v for k, v in overrides.items() if v is not None}
     return _FromFile(**given)

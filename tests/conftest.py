@@ -82,6 +82,7 @@ class Server:
     store: Path
     load_models: list[str]
     extra_config: dict = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -105,7 +106,8 @@ class Server:
         config_path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSERVE_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelserve", "start", "--config", str(config_path)],
+            [sys.executable, "-m", "modelserve", "start", "--config", str(config_path),
+             *self.extra_args],
             stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout

@@ -65,3 +65,16 @@ def test_model_config_precedence():
 def test_model_config_rejects_bad_values():
     with pytest.raises(ValueError):
         ModelConfig.resolve(Settings(), {"batchSize": 0}, {})
+
+
+def test_ts_config_sits_between_env_and_yaml(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"inference_port": 9000, "metrics_port": 9002,
+                                    "batch_size": 4}))
+    ts_values = {"inference_port": 7000, "management_port": 7001, "job_queue_size": 5}
+    monkeypatch.setenv("MODELSERVE_MANAGEMENT_PORT", "9101")
+    s = load_settings(path, ts_values=ts_values, job_queue_size=6)
+    assert s.inference_port == 7000      # ts-config beats the YAML file
+    assert s.management_port == 9101     # the environment beats ts-config
+    assert s.metrics_port == 9002        # the YAML file still applies
+    assert s.job_queue_size == 6         # flags beat everything

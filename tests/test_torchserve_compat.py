@@ -328,3 +328,34 @@ def test_modelserve_archive_writes_what_torch_model_archiver_writes(sources, tmp
             for side in ("theirs", "ours")
         }
         assert kinds["ours"] == kinds["theirs"]
+
+
+def test_start_with_torchserve_config_properties(ts_store, tmp_path):
+    """`--ts-config` reads TorchServe's keys: addresses, store, load_models, models={...}."""
+    srv = Server(tmp_path, ts_store, [], extra_config={"install_py_dep_per_model": True})
+    props = tmp_path / "config.properties"
+    props.write_text(textwrap.dedent(f"""\
+        # a TorchServe config, as users have them
+        inference_address=http://127.0.0.1:{srv.ports['inference']}
+        management_address=http://127.0.0.1:{srv.ports['management']}
+        metrics_address=http://127.0.0.1:{srv.ports['metrics']}
+        model_store={ts_store}
+        load_models=tsdigits=default/tsdigits.mar
+        number_of_netty_threads=4
+        models={{\\
+          "tsdigits": {{\\
+            "1.0": {{"startupTimeout": 77, "maxBatchDelay": 50}}\\
+          }}\\
+        }}
+        """))
+    srv.extra_args = ["--ts-config", str(props)]
+    srv.start()
+    try:
+        [desc] = httpx.get(f"{srv.management}/models/tsdigits").json()
+        assert desc["startupTimeout"] == 77       # from models={...}
+        assert desc["maxBatchDelay"] == 7         # model-config.yaml beats models={...}
+        assert httpx.post(f"{srv.inference}/predictions/tsdigits",
+                          json=DIGIT_ZERO).json()["label"] == "zero"
+        assert "number_of_netty_threads" in srv.log()  # reported, not silently dropped
+    finally:
+        assert not srv.stop()

@@ -6,38 +6,24 @@ with ImageNet statistics; the answer is ``{label: probability}`` for the top-5 s
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.vision import (
-    allow_large_images,
-    handle_per_request,
-    imagenet_transform,
+    VisionHandler,
     label_for,
-    preprocess_images,
 )
 
 
-class ImageClassifier(BaseHandler):
+class ImageClassifier(VisionHandler):
     """Top-k classification; subclasses may replace ``image_processing`` or ``topk``."""
 
     topk = 5
-    image_processing = staticmethod(imagenet_transform)
-
-    def initialize(self, context: Any) -> None:
-        super().initialize(context)
-        allow_large_images(context)
 
     def set_max_result_classes(self, topk: int) -> None:
         self.topk = topk
 
     def get_max_result_classes(self) -> int:
         return self.topk
-
-    def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
-        return preprocess_images(data, self.image_processing, self.device)
 
     def postprocess(self, data: torch.Tensor) -> list[dict[str, float]]:
         probs = torch.softmax(data.float(), dim=1)
@@ -47,6 +33,3 @@ class ImageClassifier(BaseHandler):
             {label_for(self.mapping, c): p for c, p in zip(classes, row)}
             for classes, row in zip(top_classes.tolist(), top_probs.tolist())
         ]
-
-    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        return handle_per_request(self, data, context)

@@ -35,6 +35,8 @@ def load_label_mapping(mapping_file_path: str | os.PathLike[str]) -> dict[str, s
         mapping = json.load(f)
     if not isinstance(mapping, dict):
         raise ValueError("index_to_name.json must hold a JSON object")
+    if isinstance(mapping.get("object_type_names"), list):  # the older detector layout
+        mapping = dict(enumerate(mapping["object_type_names"]))
     out: dict[str, str] = {}
     for key, value in mapping.items():
         if isinstance(value, list) and value:

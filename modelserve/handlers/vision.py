@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.errors import BadInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,34 +135,27 @@ def preprocess_images(
     return torch.stack(images).to(device)
 
 
-def label_for(mapping: dict[str, Any] | None, index: int) -> str:
-    """Class ``index``'s name from ``index_to_name.json``, else the index as a string.
-
-    A list value (ImageNet's ``["n01440764", "tench"]``) gives its last element, and the older
-    ``{"object_type_names": [...]}`` layout is indexed by position, as TorchServe reads them.
-    """
+def label_for(mapping: dict[str, str] | None, index: int) -> str:
+    """Class ``index``'s name (mapping as ``load_label_mapping`` reads it), else the index."""
     if not mapping:
         return str(index)
-    names = mapping.get("object_type_names")
-    if isinstance(names, list):
-        return str(names[index]) if 0 <= index < len(names) else str(index)
-    label = mapping.get(str(index))
-    if isinstance(label, list):
-        label = label[-1] if label else None
-    return str(index) if label is None else str(label)
+    return str(mapping.get(str(index), index))
 
 
 def handle_per_request(
-    handler: Any, data: list[dict[str, Any]], context: Any, batch: bool = True
+    handler: BaseHandler, data: list[dict[str, Any]], context: Any, batch: bool = True
 ) -> list[Any]:
     """Run ``handler``'s preprocess on each request alone, then the rest of its pipeline.
 
     A request whose preprocess raises BadInputError gets that error as its result (a 400 for
     it alone). The others are run together: tensors of one shape are concatenated, lists are
-    joined. With ``batch=False`` each request goes through the model by itself.
+    joined. With ``batch=False`` each request goes through the model by itself. Describe and
+    explain requests take BaseHandler's path, as in TorchServe.
     """
     start = time.perf_counter()
     handler.context = context
+    if handler._is_describe() or handler._is_explain():
+        return BaseHandler.handle(handler, data, context)
     results: list[Any] = [None] * len(data)
     groups: dict[Any, list[tuple[int, Any]]] = {}
     for idx, row in enumerate(data):
@@ -194,3 +188,20 @@ def handle_per_request(
             results[idx] = answer
     context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2))
     return results
+
+
+class VisionHandler(BaseHandler):
+    """TorchServe's ``VisionHandler``: image requests, preprocessed one by one so that a bad
+    image fails only its own request. Subclasses set ``image_processing`` and postprocess."""
+
+    image_processing = staticmethod(imagenet_transform)
+
+    def initialize(self, context: Any) -> None:
+        super().initialize(context)
+        allow_large_images(context)
+
+    def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
+        return preprocess_images(data, self.image_processing, self.device)
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        return handle_per_request(self, data, context)
