@@ -359,3 +359,14 @@ def test_start_with_torchserve_config_properties(ts_store, tmp_path):
         assert "number_of_netty_threads" in srv.log()  # reported, not silently dropped
     finally:
         assert not srv.stop()
+
+
+def test_requirements_are_not_installed_unless_enabled(server, ts_store):
+    """The session server runs with install_py_dep_per_model off (the default)."""
+    import shutil
+
+    shutil.copy(ts_store / "default" / "tsdigits.mar", server.store / "tsnodeps.mar")
+    r = register(server, url="tsnodeps.mar", model_name="tsnodeps")
+    assert r.status_code == 500
+    assert "No module named 'msdeptest'" in r.json()["message"]
+    assert "install_py_dep_per_model is false" in server.log()
