@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     )
     workdir: Path = Field(Path(".modelserve"), description="Extracted archives live here.")
     log_level: str = Field("info", description="debug, info, warning or error.")
-    access_log: bool = Field(False, description="Log every HTTP request (costs throughput).")
+    access_log: bool = Field(
+        False, description="Log every HTTP request as a JSON line (costs some throughput)."
+    )
 
     @classmethod
     def settings_customise_sources(

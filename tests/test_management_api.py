@@ -260,3 +260,35 @@ def test_model_that_fails_to_load_is_500_with_its_cause(server, tmp_path):
     assert r.status_code == 500
     assert "weights are corrupt" in r.json()["message"]
     assert httpx.get(f"{server.management}/models/broken").status_code == 404
+
+
+def test_process_metrics_are_exported(server):
+    samples = scrape(server)
+    ours = {"model_name": "digits", "model_version": "1.0"}
+    [(labels, memory)] = [s for s in samples["modelserve_worker_memory_bytes"]
+                          if ours.items() <= s[0].items()]
+    assert memory > 10 * 2**20 and labels["worker_id"]
+    assert any(v > 0 for labels, v in samples["modelserve_worker_cpu_seconds_total"]
+               if ours.items() <= labels.items())
+    assert any(v > 0 for labels, v in samples["modelserve_model_load_seconds"]
+               if labels == ours)
+    assert (ours, 0.0) in samples["modelserve_inflight_requests"]
+    assert any(labels == ours for labels, _ in samples["modelserve_worker_restarts_total"])
+
+
+def test_access_log_is_json_lines(isolated_server):
+    import json
+
+    isolated_server.extra_config = {"access_log": True}
+    isolated_server.start()
+    r = httpx.post(f"{isolated_server.inference}/predictions/echo", json={"a": 1},
+                   headers={"X-Request-ID": "req-42"})
+    assert r.status_code == 200
+    httpx.post(f"{isolated_server.inference}/predictions/nope", json={})
+    wait_for(lambda: "req-42" in isolated_server.log(), timeout=10)
+    lines = [json.loads(line.split("modelserve.access: ", 1)[1])
+             for line in isolated_server.log().splitlines() if "modelserve.access: " in line]
+    [entry] = [e for e in lines if e["request_id"] == "req-42"]
+    assert entry["model"] == "echo" and entry["status"] == 200 and entry["batch_size"] == 1
+    assert entry["path"] == "/predictions/echo" and entry["latency_ms"] > 0
+    assert any(e["path"] == "/predictions/nope" and e["status"] == 404 for e in lines)

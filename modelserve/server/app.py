@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from modelserve.config import Settings
+from modelserve.server.access_log import AccessLog
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.inference_api import create_inference_app
 from modelserve.server.management_api import create_management_app
@@ -36,7 +37,7 @@ class _Listener(uvicorn.Server):
 def _listener(app: Any, settings: Settings, port: int) -> _Listener:
     config = uvicorn.Config(
         app, host=settings.host, port=port, http="httptools", loop="none", lifespan="off",
-        log_level=settings.log_level, access_log=settings.access_log, server_header=False,
+        log_level=settings.log_level, access_log=False, server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
@@ -48,11 +49,15 @@ async def run_server(settings: Settings,
     """Serve until SIGINT/SIGTERM; returns the process exit code."""
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics)
+    apps: list[tuple[Any, int]] = [
+        (StatusCounter(create_inference_app(dataplane, settings), metrics),
+         settings.inference_port),
+        (create_management_app(dataplane), settings.management_port),
+        (create_metrics_app(metrics), settings.metrics_port),
+    ]
     listeners = [
-        _listener(StatusCounter(create_inference_app(dataplane, settings), metrics), settings,
-                  settings.inference_port),
-        _listener(create_management_app(dataplane), settings, settings.management_port),
-        _listener(create_metrics_app(metrics), settings, settings.metrics_port),
+        _listener(AccessLog(app) if settings.access_log else app, settings, port)
+        for app, port in apps
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

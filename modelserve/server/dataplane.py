@@ -43,6 +43,7 @@ class DataPlane:
         self.registry = ModelRegistry()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[Any]] = set()
+        metrics.processes.versions = self.registry.all
 
     # -- inference (hot path) ----------------------------------------------------------------
     async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
@@ -174,13 +175,11 @@ class DataPlane:
                 self.metrics.custom.record(custom)
 
         def on_change() -> None:
-            metrics.workers.set(pool.ready_count)
             batcher.wake()
 
         pool = WorkerPool(spec, self._threads, on_change, on_batch_done)
         batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
                           config.job_queue_size, queue_timeout_s=config.response_timeout)
-        metrics.queue_depth.set_function(lambda: len(batcher.pending))
         return ModelVersion(name, version, req.url, archive, config, pool, batcher, metrics,
                             loaded_at_startup)
 

@@ -73,10 +73,13 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         if extra_headers:
             headers.update(extra_headers)
         request_id = headers.get("x-request-id") or f"{id_prefix}{next(id_counter):x}"
+        access = {"model": params["model_name"], "version": params.get("model_version")}
+        request.state.access = access
         result = await dataplane.infer(
             params["model_name"], params.get("model_version"), body,
             headers.get("content-type", ""), headers, request_id,
         )
+        access["batch_size"] = result.batch_size
         return Response(result.body, status_code=result.status, media_type=result.content_type,
                         headers={**result.headers, "x-request-id": request_id})
 

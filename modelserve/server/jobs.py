@@ -9,12 +9,14 @@ from typing import NamedTuple
 
 
 class Result(NamedTuple):
-    """A worker's answer to one request: exactly what goes back on the wire."""
+    """A worker's answer to one request: what goes back on the wire, and the size of the
+    batch it was computed in (for the access log)."""
 
     status: int
     content_type: str
     body: bytes
     headers: dict[str, str]
+    batch_size: int = 1
 
 
 @dataclass(slots=True, eq=False)

@@ -11,18 +11,20 @@ from __future__ import annotations
 import re
 import socket
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
-    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from modelserve.server.gpu import gpu_stats
+from modelserve.server.procfs import cpu_seconds, rss_bytes
 
 HOSTNAME = socket.gethostname()
 disable_created_metrics()  # *_created series double the output and no dashboard reads them
@@ -118,6 +120,76 @@ class _CustomMetrics(Collector):
             yield metric
 
 
+class _ProcessCollector(Collector):
+    """Worker-process state, read at scrape time so the request path pays nothing for it:
+    live workers, queue depth, requests in flight, restarts, load time, per-worker memory and
+    CPU, and host GPUs (TorchServe's GPU metric names)."""
+
+    def __init__(self) -> None:
+        self.versions: Callable[[], Iterable[Any]] = list
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ("model_name", "model_version")
+        fams = {
+            "workers": GaugeMetricFamily(
+                "modelserve_workers", "Worker processes ready to serve.", labels=labels),
+            "queue": GaugeMetricFamily(
+                "modelserve_queue_depth", "Requests waiting for a batch.", labels=labels),
+            "inflight": GaugeMetricFamily(
+                "modelserve_inflight_requests",
+                "Requests accepted and not yet answered (queued or in a worker).",
+                labels=labels),
+            "restarts": CounterMetricFamily(
+                "modelserve_worker_restarts", "Workers restarted after dying.", labels=labels),
+            "load": GaugeMetricFamily(
+                "modelserve_model_load_seconds",
+                "Time the most recently started worker took to load the model.", labels=labels),
+        }
+        worker_labels = (*labels, "worker_id")
+        memory = GaugeMetricFamily("modelserve_worker_memory_bytes",
+                                   "Resident memory of each worker process.",
+                                   labels=worker_labels)
+        cpu = CounterMetricFamily("modelserve_worker_cpu_seconds",
+                                  "CPU time used by each worker process.", labels=worker_labels)
+        for mv in self.versions():
+            key = [mv.name, mv.version]
+            workers = mv.pool.workers
+            ready = [w for w in workers if w.status == "READY"]
+            in_workers = sum(len(jobs) for w in workers for jobs in w.inflight.values())
+            fams["workers"].add_metric(key, len(ready))
+            fams["queue"].add_metric(key, len(mv.batcher.pending))
+            fams["inflight"].add_metric(key, len(mv.batcher.pending) + in_workers)
+            fams["restarts"].add_metric(key, mv.pool.restarts)
+            if ready:
+                latest = max(ready, key=lambda w: w.start_time)
+                fams["load"].add_metric(key, latest.load_ms / 1000.0)
+            for w in workers:
+                memory.add_metric([*key, str(w.id)], rss_bytes(w.pid))
+                cpu.add_metric([*key, str(w.id)], cpu_seconds(w.pid))
+        yield from fams.values()
+        yield memory
+        yield cpu
+        yield from self._gpus()
+
+    @staticmethod
+    def _gpus() -> Iterator[Metric]:
+        stats = gpu_stats()
+        if not stats:
+            return
+        names = ("Level", "DeviceId", "Hostname")
+        util = GaugeMetricFamily("GPUUtilization", "GPU utilization (%).", labels=names)
+        used = GaugeMetricFamily("GPUMemoryUsed", "GPU memory used (MB).", labels=names)
+        share = GaugeMetricFamily("GPUMemoryUtilization", "GPU memory used (%).", labels=names)
+        for device, utilization, used_mb, total_mb in stats:
+            key = ["Host", device, HOSTNAME]
+            util.add_metric(key, utilization)
+            used.add_metric(key, used_mb)
+            share.add_metric(key, 100.0 * used_mb / total_mb if total_mb else 0.0)
+        yield util
+        yield used
+        yield share
+
+
 class VersionMetrics:
     """One model version's series, bound at registration."""
 
@@ -128,8 +200,6 @@ class VersionMetrics:
         self._queue = metrics.queue_time.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
         self.handler_time = metrics.worker_time.labels(model, version)
-        self.workers = metrics.workers.labels(model, version)
-        self.queue_depth = metrics.queue_depth.labels(model, version)
 
     def observe_request(self, requested: str | None, latency_s: float, queue_s: float) -> None:
         """One answered request. TorchServe labels its counters with the version the client
@@ -171,14 +241,8 @@ class ServerMetrics:
             "modelserve_handler_seconds", "Time the worker's handler spent on one batch.",
             labels, buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.workers = Gauge(
-            "modelserve_workers", "Worker processes ready to serve, per model version.",
-            labels, registry=self.registry,
-        )
-        self.queue_depth = Gauge(
-            "modelserve_queue_depth", "Requests waiting for a batch, per model version.",
-            labels, registry=self.registry,
-        )
+        self.processes = _ProcessCollector()
+        self.registry.register(self.processes)
 
     def observe_status(self, status: int) -> None:
         klass = f"{status // 100}XX"
@@ -192,7 +256,7 @@ class ServerMetrics:
     def forget(self, model: str, version: str) -> None:
         """Drop a model version's series when it is unregistered."""
         for metric in (self.request_latency, self.queue_time, self.batch_size,
-                       self.worker_time, self.workers, self.queue_depth):
+                       self.worker_time):
             try:
                 metric.remove(model, version)
             except KeyError:

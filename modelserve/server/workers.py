@@ -25,6 +25,7 @@ from typing import Any
 from modelserve import ipc
 from modelserve.errors import ModelServeError, RequestTimeoutError, WorkerDiedError
 from modelserve.server.jobs import Job, Result
+from modelserve.server.procfs import rss_bytes
 
 log = logging.getLogger("modelserve.workers")
 
@@ -215,7 +216,7 @@ class WorkerProcess:
             return  # already timed out
         out = msg["out"]
         for job, (status, content_type, body, headers) in zip(jobs, out):
-            job.resolve(Result(status, content_type, body, headers))
+            job.resolve(Result(status, content_type, body, headers, len(jobs)))
         if len(out) < len(jobs):  # never leave a request hanging on a short answer
             err = WorkerDiedError(f"worker answered {len(out)} of {len(jobs)} requests")
             for job in jobs[len(out):]:
@@ -280,18 +281,9 @@ class WorkerProcess:
             "id": str(self.id),
             "startTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start_time)) + "Z",
             "status": self.status,
-            "memoryUsage": _rss_bytes(self.pid),
+            "memoryUsage": rss_bytes(self.pid),
             "pid": self.pid,
             "gpu": self.device.startswith("cuda"),
             "gpuUsage": "N/A",
         }
 
-
-def _rss_bytes(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
