@@ -1,0 +1,234 @@
+"""TorchServe 0.12 and modelserve side by side: same archives, same settings, same load.
+
+Both servers get one worker per model, batch size 8, ``max_batch_delay`` 5 ms, JSON bodies,
+and the same TorchServe-style handler (``ts_tensor_handler.py``; modelserve runs it through its
+``ts.*`` aliases). modelserve is also measured with its built-in ``tensor_handler`` archives.
+TorchServe runs with a WARN-level log4j2 config and ``disable_system_metrics=true``.
+
+Setup (not part of ``make test``; TorchServe needs Java 17):
+
+    python3 -m venv bench/.ts-venv
+    bench/.ts-venv/bin/pip install torch==2.13.0 torchserve==0.12.0 torch-model-archiver==0.12.0 \
+        pyyaml psutil
+    .venv/bin/python bench/compare_torchserve.py --model-store model_store
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_bench import HOST, bodies, free_port, run_load  # noqa: E402
+
+from modelserve.archive import create_archive  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {"digits": [1, 8, 8], "resnet": [3, 64, 64]}
+TOP_K = {"digits": 1, "resnet": 5}
+LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders><Console name="STDOUT" target="SYSTEM_OUT">
+    <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/></Console></Appenders>
+  <Loggers><Root level="warn"><AppenderRef ref="STDOUT"/></Root></Loggers>
+</Configuration>
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def pss_mb(pid: int) -> float:
+    """Sum of PSS over a process tree: shared libraries count once across processes."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def ts_archive(store: Path, src_store: Path, model: str, work: Path) -> str:
+    """The example's TorchScript model with the TorchServe-style handler."""
+    with zipfile.ZipFile(src_store / f"{model}.mar") as zf:
+        zf.extract(f"{model}.pt", work)
+    config = work / f"{model}-ts-config.yaml"
+    config.write_text(yaml.safe_dump({
+        "minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5,
+        "responseTimeout": 120,
+        "handler": {"input_shape": SHAPES[model], "top_k": TOP_K[model]},
+    }))
+    create_archive(model_name=f"{model}_ts", version="1.0",
+                   handler=str(HERE / "ts_tensor_handler.py"), serialized_file=work / f"{model}.pt",
+                   config_file=config, export_path=store, force=True)
+    return f"{model}_ts.mar"
+
+
+def wait_ready(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                workers = json.loads(r.read())[0].get("workers", [])
+                if workers and all(w["status"] == "READY" for w in workers):
+                    return
+        except (OSError, ValueError, IndexError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"model not ready: {url}")
+
+
+def start_torchserve(ts_python: Path, store: Path, archive: str, work: Path,
+                     extra_env: dict[str, str]) -> tuple:
+    ports = [free_port() for _ in range(3)]
+    (work / "log4j2.xml").write_text(LOG4J2)
+    props = work / "config.properties"
+    props.write_text("\n".join([
+        f"inference_address=http://{HOST}:{ports[0]}",
+        f"management_address=http://{HOST}:{ports[1]}",
+        f"metrics_address=http://{HOST}:{ports[2]}",
+        "disable_token_authorization=true", "enable_model_api=true",
+        "disable_system_metrics=true", "default_workers_per_model=1",
+        f"vmargs=-Dlog4j.configurationFile=file://{work / 'log4j2.xml'}",
+    ]) + "\n")
+    bin_dir = ts_python.parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG_LOCATION": str(work),
+           "METRICS_LOCATION": str(work), **extra_env}
+    # a previous run killed in foreground mode leaves a pid file that blocks the next start
+    subprocess.run([str(bin_dir / "torchserve"), "--stop"], env=env, capture_output=True)
+    proc = subprocess.Popen(
+        [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs", "--model-store",
+         str(store), "--ts-config", str(props), "--models", f"{archive[:-4]}={archive}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work,
+        start_new_session=True)
+    wait_ready(f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
+    return proc, ports
+
+
+def start_modelserve(store: Path, archive: str, work: Path) -> tuple:
+    ports = [free_port() for _ in range(3)]
+    config = work / "modelserve.yaml"
+    config.write_text(yaml.safe_dump({
+        "inference_port": ports[0], "management_port": ports[1], "metrics_port": ports[2],
+        "model_store": str(store), "load_models": [f"{archive[:-4]}={archive}"],
+        "workdir": str(work / "ms"), "log_level": "warning",
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "modelserve", "start", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_ready(f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
+    return proc, ports
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def measure(name: str, proc: subprocess.Popen, port: int, model: str, path_model: str,
+            concurrencies: list[int], duration: float) -> list[dict]:
+    body, ctype = bodies(model)["json"]
+    time.sleep(2)  # let start-up work settle before measuring idle memory
+    idle = pss_mb(proc.pid)
+    rows = []
+    for c in concurrencies:
+        r = run_load(port, f"/predictions/{path_model}", body, ctype, c, duration)
+        rows.append({"server": name, "model": model, "c": c, "rps": r.rps,
+                     "p50": r.percentile(50) * 1e3, "p99": r.percentile(99) * 1e3,
+                     "errors": r.errors, "idle_pss_mb": idle, "pss_mb": pss_mb(proc.pid)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", type=Path, default=Path("model_store"))
+    parser.add_argument("--ts-python", type=Path, default=HERE / ".ts-venv" / "bin" / "python")
+    parser.add_argument("--models", nargs="+", default=["digits", "resnet"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ts-compare-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        store.mkdir()
+        src = args.model_store.resolve()
+        for model in args.models:
+            archive = ts_archive(store, src, model, work)
+            for name, starter, run_store, run_archive in (
+                ("torchserve", lambda a, s: start_torchserve(args.ts_python, s, a, work, {}),
+                 store, archive),
+                # modelserve's workers sleep idle OpenMP threads; give TorchServe the same
+                ("torchserve OMP_WAIT_POLICY=PASSIVE",
+                 lambda a, s: start_torchserve(args.ts_python, s, a, work,
+                                               {"OMP_WAIT_POLICY": "PASSIVE"}),
+                 store, archive),
+                ("modelserve (same ts handler)", lambda a, s: start_modelserve(s, a, work),
+                 store, archive),
+                ("modelserve (tensor_handler)", lambda a, s: start_modelserve(s, a, work),
+                 src, f"{model}.mar"),
+            ):
+                proc, ports = starter(run_archive, run_store)
+                try:
+                    rows += measure(name, proc, ports[0], model, run_archive[:-4],
+                                    args.concurrency, args.duration)
+                finally:
+                    stop(proc)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'server':34} {'model':7} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'err':>4} {'PSS idle':>9} {'PSS load':>9}")
+    for r in rows:
+        print(f"{r['server']:34} {r['model']:7} {r['c']:>3} {r['rps']:>8.1f} {r['p50']:>8.2f} "
+              f"{r['p99']:>8.2f} {r['errors']:>4} {r['idle_pss_mb']:>8.0f}M "
+              f"{r['pss_mb']:>8.0f}M")
+    base: dict[tuple[str, int], dict] = {}
+    for r in rows:  # the better TorchServe configuration is the baseline
+        key = (r["model"], r["c"])
+        if r["server"].startswith("torchserve") and r["rps"] > base.get(key, {}).get("rps", -1):
+            base[key] = r
+    print("\nratios vs the faster TorchServe configuration (throughput x, p99 x, idle PSS x):")
+    for r in rows:
+        ts = base.get((r["model"], r["c"]))
+        if ts and not r["server"].startswith("torchserve") and ts["rps"]:
+            print(f"  {r['server']:34} {r['model']:7} c={r['c']:<3} "
+                  f"{r['rps'] / ts['rps']:.2f}x throughput, {r['p99'] / ts['p99']:.2f}x p99, "
+                  f"{r['idle_pss_mb'] / ts['idle_pss_mb']:.2f}x idle PSS")
+
+
+if __name__ == "__main__":
+    main()
