@@ -211,3 +211,14 @@ def test_resnet_torchscript_and_onnx_serve_the_direct_models_answer(server, exam
     finally:
         for name in ("resnet", "resnet_onnx"):
             client.delete(f"{server.management}/models/{name}", timeout=60)
+
+
+def test_response_over_max_response_size_is_500(isolated_server):
+    isolated_server.extra_config = {"max_response_size": 2000}
+    isolated_server.start()
+    url = f"{isolated_server.inference}/predictions/echo"
+    assert httpx.post(url, json={"small": 1}).status_code == 200
+    r = httpx.post(url, json={"big": "x" * 5000})
+    assert r.status_code == 500
+    assert "max_response_size" in r.json()["message"]
+    assert httpx.post(url, json={"small": 2}).status_code == 200

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 
 from modelserve import __version__
 from modelserve.config import Settings
-from modelserve.errors import BadRequestError, RequestTooLargeError
+from modelserve.errors import BadRequestError, ModelServeError, RequestTooLargeError
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
 from modelserve.server.responses import JSONResponse
@@ -50,6 +50,7 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     install_error_handlers(app)
     add_api_description(app)
     limit = settings.max_request_size
+    max_response = settings.max_response_size
     # Request ids: unique per process start, and far cheaper than uuid4 on the hot path.
     id_prefix = f"{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
     id_counter = itertools.count()
@@ -80,6 +81,10 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
             headers.get("content-type", ""), headers, request_id,
         )
         access["batch_size"] = result.batch_size
+        if len(result.body) > max_response:
+            raise ModelServeError(
+                f"response of {len(result.body)} bytes exceeds max_response_size "
+                f"({max_response} bytes)")
         return Response(result.body, status_code=result.status, media_type=result.content_type,
                         headers={**result.headers, "x-request-id": request_id})
 
