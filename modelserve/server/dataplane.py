@@ -293,6 +293,9 @@ class DataPlane:
             except ModelServeError as exc:
                 errors.append(f"{url}: {exc.message}")
                 continue
+            except ValueError as exc:  # e.g. an invalid model name in load_models
+                errors.append(f"{url}: {exc}")
+                continue
             mv.pool.target = mv.config.min_workers  # so thread counts see every worker
             added.append(mv)
 
