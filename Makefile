@@ -18,8 +18,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[examples]'
 	touch $@
 
+# promtool (tests/test_deployment.py checks docker/prometheus with it) comes from Debian's
+# prometheus package; installed once, only where it is missing and apt-get exists.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[dev]'
+	@command -v promtool >/dev/null || ! command -v apt-get >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null)
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,11 +41,11 @@ serve: examples
 	$(BIN)/modelserve start --config $(CONFIG)
 
 test: install-dev
-	$(BIN)/ruff check modelserve tests bench
+	$(BIN)/ruff check modelserve tests bench docker
 	$(BIN)/python -m pytest -q
 
 lint: install-dev
-	$(BIN)/ruff check modelserve tests bench
+	$(BIN)/ruff check modelserve tests bench docker
 
 bench: examples
 	$(BIN)/python bench/serve_bench.py --model-store $(STORE)
