@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tarfile
 import tempfile
@@ -82,15 +83,46 @@ def _find_root(extracted: Path) -> Path:
     raise ArchiveError(f"archive has no {MANIFEST_PATH}")
 
 
-def _cache_key(source: Path) -> str:
+_HASH_CHUNK = 1 << 20
+
+
+def _content_hash(source: Path) -> str:
+    """sha256 of the file, read in 1 MiB chunks into one reused buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with source.open("rb") as f:
+        while size := f.readinto(buffer):
+            digest.update(view[:size])
+    return digest.hexdigest()
+
+
+def _cache_key(source: Path, workdir: Path) -> str:
+    """The archive's content hash, so a replaced archive is never served from a stale
+    extraction, whatever its mtime says. Hashing GBs takes seconds, so a sidecar per path
+    remembers the hash for an unchanged (path, size, mtime)."""
     stat = source.stat()
-    key = f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = str(source.resolve())
+    stamp = [path, stat.st_size, stat.st_mtime_ns]
+    sidecar = workdir / "models" / ".hashes" / hashlib.sha256(path.encode()).hexdigest()[:32]
+    try:
+        saved = json.loads(sidecar.read_text())
+        if saved["stamp"] == stamp:
+            return str(saved["sha256"])[:16]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = _content_hash(source)
+    if source.stat().st_mtime_ns == stat.st_mtime_ns:  # not rewritten while we read it
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
+        os.replace(tmp, sidecar)
+    return digest[:16]
 
 
 def _extract(source: Path, workdir: Path) -> Path:
-    """Extract once per archive file content (path, size, mtime); reuse afterwards."""
-    target = workdir / "models" / f"{source.stem}-{_cache_key(source)}"
+    """Extract once per archive content; reuse the extraction afterwards."""
+    target = workdir / "models" / f"{source.stem}-{_cache_key(source, workdir)}"
     if target.is_dir():
         return _find_root(target)
     target.parent.mkdir(parents=True, exist_ok=True)

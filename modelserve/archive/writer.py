@@ -56,6 +56,15 @@ def _expand_extra_files(extra_files: str | None) -> list[Path]:
     return paths
 
 
+def _aot_compile(program: Path, staging: Path) -> str:
+    """Compile the ExportedProgram into an AOTInductor package of the same name in staging."""
+    from modelserve.handlers.runtimes import aoti_compile  # torch: only when asked for
+
+    name = f"{program.stem}.pt2"
+    aoti_compile(program, staging / name)
+    return name
+
+
 def _write(staging: Path, target: Path, archive_format: str) -> None:
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     if archive_format == "no-archive":
@@ -84,8 +93,15 @@ def create_archive(
     export_path: Path = Path("."),
     archive_format: str = "default",
     force: bool = False,
+    aot_compile: bool = False,
 ) -> Path:
-    """Write the archive and return its path. ``handler`` is a built-in name or a .py file."""
+    """Write the archive and return its path. ``handler`` is a built-in name or a .py file.
+
+    ``aot_compile``: the serialized file is a torch.export .pt2, archived as an AOTInductor
+    package compiled on (and for) this machine instead; modelserve's addition to the flags.
+    """
+    if aot_compile and serialized_file is None:
+        raise ValueError("--aot-compile needs a --serialized-file torch.export .pt2")
     if archive_format not in FORMATS:
         raise ValueError(f"archive format must be one of {FORMATS}, not {archive_format!r}")
     export_path.mkdir(parents=True, exist_ok=True)
@@ -108,7 +124,10 @@ def create_archive(
             if path is not None:
                 if not Path(path).is_file():
                     raise FileNotFoundError(f"{key.replace('_', '-')} not found: {path}")
-                fields[key] = _copy_into(Path(path), staging)
+                if key == "serialized_file" and aot_compile:
+                    fields[key] = _aot_compile(Path(path), staging)
+                else:
+                    fields[key] = _copy_into(Path(path), staging)
         handler_path = Path(handler.split(":", 1)[0])
         if handler_path.suffix == ".py":
             if not handler_path.is_file():

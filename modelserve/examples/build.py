@@ -37,17 +37,20 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Pa
     return path
 
 
-def _archive(store: Path, name: str, serialized: Path, config: dict, extra: list[Path]) -> Path:
+def archive_model(store: Path, name: str, serialized: Path, config: dict,
+                  extra: list[Path] | None = None, model_file: Path | None = None) -> Path:
+    """A tensor_handler archive of ``serialized`` with ``config`` as its model-config.yaml."""
     config_path = serialized.parent / f"{name}-model-config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     return create_archive(
         model_name=name, version="1.0", handler="tensor_handler", serialized_file=serialized,
-        config_file=config_path, extra_files=",".join(str(p) for p in extra) or None,
-        export_path=store, force=True,
+        model_file=model_file, config_file=config_path,
+        extra_files=",".join(str(p) for p in extra or []) or None, export_path=store,
+        force=True,
     )
 
 
-def _serving(handler: dict) -> dict:
+def serving(handler: dict) -> dict:
     return {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5,
             "responseTimeout": 120, "handler": handler}
 
@@ -57,13 +60,13 @@ def build_digits(store: Path, work: Path) -> tuple[list[Path], float]:
     example = torch.from_numpy(trained.test_inputs[:2])
     labels = work / "index_to_name.json"
     labels.write_text(json.dumps({str(i): n for i, n in enumerate(DIGIT_NAMES)}))
-    config = _serving({"input_shape": digits.INPUT_SHAPE, "image_mode": "L",
+    config = serving({"input_shape": digits.INPUT_SHAPE, "image_mode": "L",
                        "image_scale": 16 / 255, "softmax": True, "top_k": 1})
     ts = export_torchscript(trained.model, example, work / "digits.pt")
     onnx = export_onnx(trained.model, example, work / "digits.onnx")
     archives = [
-        _archive(store, "digits", ts, config, [labels]),
-        _archive(store, "digits_onnx", onnx, config, [labels]),
+        archive_model(store, "digits", ts, config, [labels]),
+        archive_model(store, "digits_onnx", onnx, config, [labels]),
     ]
     return archives, trained.test_accuracy
 
@@ -71,12 +74,12 @@ def build_digits(store: Path, work: Path) -> tuple[list[Path], float]:
 def build_resnet(store: Path, work: Path) -> list[Path]:
     model = resnet.build()
     example = torch.randn(2, *resnet.INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
-    config = _serving({"input_shape": resnet.INPUT_SHAPE, "image_mode": "RGB",
+    config = serving({"input_shape": resnet.INPUT_SHAPE, "image_mode": "RGB",
                        "softmax": True, "top_k": 5})
     ts = export_torchscript(model, example, work / "resnet.pt")
     onnx = export_onnx(model, example, work / "resnet.onnx")
-    return [_archive(store, "resnet", ts, config, []),
-            _archive(store, "resnet_onnx", onnx, config, [])]
+    return [archive_model(store, "resnet", ts, config, []),
+            archive_model(store, "resnet_onnx", onnx, config, [])]
 
 
 def build_all(store: Path) -> list[Path]:

@@ -8,7 +8,7 @@ batch is served.
 
 Options, under ``handler:`` in the archive's model-config.yaml::
 
-    input_shape: [1, 8, 8]   # per sample; read from the ONNX signature when omitted
+    input_shape: [1, 8, 8]   # per sample; from the ONNX or torch.export signature if omitted
     input_dtype: float32
     image_mode: L            # Pillow mode for image bodies (L or RGB); images refused if unset
     image_scale: 0.0627      # pixel (0-255) multiplier
@@ -31,7 +31,7 @@ import torch
 
 from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.errors import BadInputError
-from modelserve.handlers.runtimes import input_shape as onnx_input_shape
+from modelserve.handlers.runtimes import input_shape as model_input_shape
 
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -118,7 +118,7 @@ class TensorHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         super().initialize(context)
         options = (context.model_yaml_config or {}).get("handler", {}) or {}
-        shape = options.get("input_shape") or onnx_input_shape(self.model)
+        shape = options.get("input_shape") or model_input_shape(self.model)
         if shape is not None and any(d is None for d in shape):
             shape = None
         self.input_shape: list[int] | None = list(shape) if shape else None
