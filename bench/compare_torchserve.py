@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serve_bench  # noqa: E402
 from serve_bench import HOST, bodies, free_port, run_load  # noqa: E402
 
 from modelserve.archive import create_archive  # noqa: E402
@@ -176,10 +177,13 @@ def main() -> None:
     parser.add_argument("--model-store", type=Path, default=Path("model_store"))
     parser.add_argument("--ts-python", type=Path, default=HERE / ".ts-venv" / "bin" / "python")
     parser.add_argument("--models", nargs="+", default=["digits", "resnet"])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--loadgen", choices=["wrk", "python"], default=serve_bench.LOADGEN,
+                        help="load generator (default: wrk when installed)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    serve_bench.LOADGEN = args.loadgen
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ts-compare-") as tmp:
         work = Path(tmp)

@@ -47,6 +47,18 @@ def build_request(host: str, port: int, method: str, path: str, body: bytes = b"
     return head.encode() + body
 
 
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    request: bytes) -> tuple[int, bool]:
+    """Send one request, read its response; returns (status, whether the server closes)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lower = head.lower()
+    start = lower.index(b"content-length:")
+    end = lower.index(b"\r\n", start)
+    await reader.readexactly(int(lower[start + 15:end]))
+    return int(head[9:12]), b"connection: close" in lower
+
+
 async def _connection(host: str, port: int, request: bytes, stop_at: float,
                       result: LoadResult) -> None:
     reader, writer = await asyncio.open_connection(host, port)
@@ -54,16 +66,10 @@ async def _connection(host: str, port: int, request: bytes, stop_at: float,
     statuses = result.statuses
     try:
         while (now := time.perf_counter()) < stop_at:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            lower = head.lower()
-            start = lower.index(b"content-length:")
-            end = lower.index(b"\r\n", start)
-            await reader.readexactly(int(lower[start + 15:end]))
+            status, closes = await _exchange(reader, writer, request)
             latencies.append(time.perf_counter() - now)
             statuses[status] = statuses.get(status, 0) + 1
-            if b"connection: close" in lower:
+            if closes:
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
     finally:
@@ -80,5 +86,51 @@ async def closed_loop(host: str, port: int, request: bytes, concurrency: int,
     stop_at = start + duration_s
     await asyncio.gather(*(_connection(host, port, request, stop_at, result)
                            for _ in range(concurrency)))
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+async def open_loop(host: str, port: int, request: bytes, rate: float, duration_s: float,
+                    connections: int = 256) -> LoadResult:
+    """Fixed arrival rate, whatever the server does: the i-th request is due at i / rate.
+
+    Latency counts from when a request was due, not from when a connection was free to send
+    it, so a server that falls behind shows its queueing (no coordinated omission). Requests
+    still undispatched when the run ends are counted under status 0.
+    """
+    result = LoadResult(concurrency=connections, duration_s=duration_s)
+    due: asyncio.Queue[float] = asyncio.Queue()
+    streams = await asyncio.gather(*(asyncio.open_connection(host, port)
+                                     for _ in range(connections)))
+    start = time.perf_counter()
+    stop_at = start + duration_s
+
+    async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                scheduled = await due.get()
+                status, closes = await _exchange(reader, writer, request)
+                result.latencies_s.append(time.perf_counter() - scheduled)
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if closes:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+        finally:
+            writer.close()
+
+    senders = [asyncio.create_task(sender(r, w)) for r, w in streams]
+    sent = 0
+    while (now := time.perf_counter()) < stop_at:
+        while start + sent / rate <= now:
+            due.put_nowait(start + sent / rate)
+            sent += 1
+        await asyncio.sleep(min(0.001, max(0.0, start + sent / rate - now)))
+    deadline = time.perf_counter() + 30
+    while len(result.latencies_s) < sent - due.qsize() and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)  # let requests in flight finish
+    result.statuses[0] = due.qsize()
+    for task in senders:
+        task.cancel()
+    await asyncio.gather(*senders, return_exceptions=True)
     result.duration_s = time.perf_counter() - start
     return result

@@ -3,11 +3,17 @@
 For each model (``digits``: serving overhead; ``resnet``: compute-bound) it measures
   1. direct in-process inference of the archive's TorchScript model: batched throughput
      (batch = the archive's batchSize) and single-request latency;
-  2. the load generator's own ceiling against ``GET /ping`` (it must sit well above 3.);
+  2. the load generator's own ceiling against a trivial endpoint (``trivial_server.py``) and
+     against the server's ``GET /ping``: it must sit well above 3.;
   3. the real server (one worker, the archive's batch size and delay) under closed-loop load
-     at each concurrency: requests/s, p50/p90/p99, errors, mean batch size, RSS.
+     at each concurrency, and at fixed arrival rates (open loop, ``--rate``): requests/s,
+     p50/p90/p99, errors, mean batch size, frontend and worker RSS, PSS of the whole server.
 
     python bench/serve_bench.py --model-store model_store [--duration 10] [--json]
+        [--loadgen wrk|python] [--concurrency 1 8 32 128] [--rate 500 2000]
+
+The closed-loop rows use wrk when it is installed (``apt-get install wrk``), else the Python
+generator in ``loadgen.py``; open-loop rows always use ``loadgen.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import LoadResult, build_request, closed_loop  # noqa: E402
+import wrk  # noqa: E402
+from loadgen import LoadResult, build_request, closed_loop, open_loop  # noqa: E402
 
 HOST = "127.0.0.1"
 SHAPES = {"digits": (1, 8, 8), "resnet": (3, 64, 64)}
@@ -78,6 +85,19 @@ def direct(store: Path, model: str, batch: int, seconds: float = 5.0) -> dict[st
         results[f"{key}_rps"] = size * len(times) / sum(times)
         results[f"{key}_p50_ms"] = sorted(times)[len(times) // 2] * 1000
     return results
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Sum of PSS over processes: shared libraries (torch) count once across them."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
 
 
 def rss_mb(pid: int) -> float:
@@ -133,21 +153,50 @@ class ServerUnderTest:
         return float(values.get("sum", 0)), float(values.get("count", 0))
 
     def memory(self) -> dict[str, float]:
+        workers = children(self.proc.pid)
         return {"frontend_rss_mb": rss_mb(self.proc.pid),
-                "workers_rss_mb": sum(rss_mb(p) for p in children(self.proc.pid))}
+                "workers_rss_mb": sum(rss_mb(p) for p in workers),
+                "server_pss_mb": pss_mb([self.proc.pid, *workers])}
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
 
 
+LOADGEN = "wrk" if wrk.available() else "python"
+
+
 def run_load(port: int, path: str, body: bytes, content_type: str, concurrency: int,
-             duration: float) -> LoadResult:
+             duration: float, loadgen: str | None = None) -> LoadResult | wrk.WrkResult:
+    """Closed loop with ``loadgen`` (default: wrk when installed)."""
+    if (loadgen or LOADGEN) == "wrk":
+        return wrk.run(f"http://{HOST}:{port}{path}", body, content_type, concurrency, duration)
     request = build_request(HOST, port, "POST" if body else "GET", path, body, content_type)
     return asyncio.run(closed_loop(HOST, port, request, concurrency, duration))
 
 
-def row(label: str, r: LoadResult, batch: float | None = None) -> dict[str, object]:
+def run_rate(port: int, path: str, body: bytes, content_type: str, rate: float,
+             duration: float) -> LoadResult:
+    request = build_request(HOST, port, "POST", path, body, content_type)
+    return asyncio.run(open_loop(HOST, port, request, rate, duration))
+
+
+def loadgen_ceiling(duration: float, loadgen: str | None = None) -> LoadResult | wrk.WrkResult:
+    """The load generator against ``trivial_server.py``: what it can drive at all."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "trivial_server.py"),
+                             str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        return run_load(port, "/", b"", "", 32, duration, loadgen)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def row(label: str, r: LoadResult | wrk.WrkResult,
+        batch: float | None = None) -> dict[str, object]:
     return {
         "case": label, "concurrency": r.concurrency, "rps": round(r.rps, 1),
         "p50_ms": round(r.percentile(50) * 1000, 2), "p90_ms": round(r.percentile(90) * 1000, 2),
@@ -156,7 +205,8 @@ def row(label: str, r: LoadResult, batch: float | None = None) -> dict[str, obje
     }
 
 
-def bench_model(store: Path, model: str, concurrencies: list[int], duration: float) -> dict:
+def bench_model(store: Path, model: str, concurrencies: list[int], rates: list[float],
+                duration: float) -> dict:
     batch_size = yaml.safe_load(
         zipfile.ZipFile(store / f"{model}.mar").read(f"{model}-model-config.yaml"))["batchSize"]
     report: dict = {"model": model, "direct": direct(store, model, batch_size), "rows": []}
@@ -165,16 +215,25 @@ def bench_model(store: Path, model: str, concurrencies: list[int], duration: flo
         try:
             report["memory_idle"] = server.memory()
             port = server.ports[0]
-            ceiling = run_load(port, "/ping", b"", "", 32, duration / 2)
-            report["rows"].append(row("GET /ping (load generator ceiling)", ceiling))
+            report["rows"].append(row(f"{LOADGEN}: trivial endpoint (ceiling)",
+                                      loadgen_ceiling(duration / 2)))
+            ping = run_load(port, "/ping", b"", "", 32, duration / 2)
+            report["rows"].append(row(f"{LOADGEN}: GET /ping", ping))
             for encoding, (body, ctype) in bodies(model).items():
-                for c in concurrencies:
+                path = f"/predictions/{model}"
+                loads = [("closed", c) for c in concurrencies] + [("open", r) for r in rates]
+                for kind, value in loads:
                     before = server.batch_mean(model)
-                    r = run_load(port, f"/predictions/{model}", body, ctype, c, duration)
+                    if kind == "closed":
+                        label = f"{model} {encoding}"
+                        r = run_load(port, path, body, ctype, int(value), duration)
+                    else:
+                        label = f"{model} {encoding} @{value:g}/s open"
+                        r = run_rate(port, path, body, ctype, value, duration)
                     after = server.batch_mean(model)
                     batches = after[1] - before[1]
                     mean = (after[0] - before[0]) / batches if batches else None
-                    report["rows"].append(row(f"{model} {encoding}", r, mean))
+                    report["rows"].append(row(label, r, mean))
             report["memory_loaded"] = server.memory()
         finally:
             server.stop()
@@ -186,29 +245,37 @@ def print_report(report: dict) -> None:
     print(f"\n== {report['model']} ==")
     print(f"direct TorchScript: batched {d['batched_rps']:.0f} samples/s; "
           f"single request p50 {d['single_p50_ms']:.3f} ms ({d['single_rps']:.0f}/s)")
-    print(f"{'case':38} {'c':>4} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+    print(f"{'case':40} {'c':>4} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
           f"{'errors':>6} {'batch':>6}")
     for r in report["rows"]:
         batch = "" if r["mean_batch"] is None else f"{r['mean_batch']:.2f}"
-        print(f"{r['case']:38} {r['concurrency']:>4} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} "
+        print(f"{r['case']:40} {r['concurrency']:>4} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} "
               f"{r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {batch:>6}")
     idle, loaded = report["memory_idle"], report["memory_loaded"]
     print(f"RSS idle: frontend {idle['frontend_rss_mb']:.0f} MB, workers "
-          f"{idle['workers_rss_mb']:.0f} MB; after load: frontend "
-          f"{loaded['frontend_rss_mb']:.0f} MB, workers {loaded['workers_rss_mb']:.0f} MB")
+          f"{idle['workers_rss_mb']:.0f} MB, server PSS {idle['server_pss_mb']:.0f} MB; "
+          f"after load: frontend {loaded['frontend_rss_mb']:.0f} MB, workers "
+          f"{loaded['workers_rss_mb']:.0f} MB, server PSS {loaded['server_pss_mb']:.0f} MB")
 
 
 def main() -> None:
+    global LOADGEN
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-store", type=Path, default=Path("model_store"))
     parser.add_argument("--models", nargs="+", default=["digits", "resnet"])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128],
+                        help="closed-loop connection counts")
+    parser.add_argument("--rate", type=float, nargs="*", default=[],
+                        help="open-loop arrival rates (requests/s), Python generator")
+    parser.add_argument("--loadgen", choices=["wrk", "python"], default=LOADGEN,
+                        help="closed-loop load generator (default: wrk when installed)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load step")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
-    reports = [bench_model(args.model_store.resolve(), m, args.concurrency, args.duration)
-               for m in args.models]
+    LOADGEN = args.loadgen
+    reports = [bench_model(args.model_store.resolve(), m, args.concurrency, args.rate,
+                           args.duration) for m in args.models]
     if args.json:
         print(json.dumps(reports, indent=2))
     else:
