@@ -86,10 +86,11 @@ class Server:
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
-        self.ports = {k: free_port() for k in ("inference", "management", "metrics")}
+        self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc")}
         self.inference = f"http://127.0.0.1:{self.ports['inference']}"
         self.management = f"http://127.0.0.1:{self.ports['management']}"
         self.metrics = f"http://127.0.0.1:{self.ports['metrics']}"
+        self.grpc = f"127.0.0.1:{self.ports['grpc']}"
         self.log_path = self.root / "server.log"
 
     def start(self, timeout: float = 120) -> Server:
@@ -97,6 +98,7 @@ class Server:
             "inference_port": self.ports["inference"],
             "management_port": self.ports["management"],
             "metrics_port": self.ports["metrics"],
+            "grpc_inference_port": self.ports["grpc"],
             "model_store": str(self.store),
             "load_models": self.load_models,
             "workdir": str(self.root / "work"),
