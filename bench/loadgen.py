@@ -58,9 +58,10 @@ async def _connection(host: str, port: int, request: bytes, stop_at: float,
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             lower = head.lower()
-            start = lower.index(b"content-length:")
-            end = lower.index(b"\r\n", start)
-            await reader.readexactly(int(lower[start + 15:end]))
+            # "\r\n" first: not Inference-Header-Content-Length (OIP v2 binary responses)
+            start = lower.index(b"\r\ncontent-length:")
+            end = lower.index(b"\r\n", start + 2)
+            await reader.readexactly(int(lower[start + 17:end]))
             latencies.append(time.perf_counter() - now)
             statuses[status] = statuses.get(status, 0) + 1
             if b"connection: close" in lower:
