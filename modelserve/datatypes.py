@@ -3,6 +3,8 @@
 Both processes import this (no torch): the frontend to check and encode tensors, the worker
 to turn raw tensor bytes into arrays. Raw tensor data is little-endian, row-major, unpadded;
 BOOL is one byte; a BYTES element is a 4-byte little-endian length followed by its bytes.
+numpy is imported only by the functions that build arrays: the frontend checks binary
+tensors by size alone and imports numpy on its first JSON tensor, not at start.
 """
 
 from __future__ import annotations
@@ -10,19 +12,23 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
+ITEMSIZE: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8,
+    "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8,
+    "BYTES": 0,  # variable: length-prefixed elements
 }
-_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in DTYPES.items() if name != "BYTES"}
+DATATYPES = tuple(ITEMSIZE)
+_NUMPY_NAMES = {
+    "BOOL": "bool", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "BYTES": "object",
+}
 _LENGTH = struct.Struct("<I")
 
 
@@ -30,23 +36,25 @@ class TensorError(ValueError):
     """A tensor whose datatype, shape and data do not agree (the client's fault: a 400)."""
 
 
+@cache
 def numpy_dtype(datatype: str) -> np.dtype:
-    try:
-        return DTYPES[datatype]
-    except KeyError:
+    import numpy as np
+
+    name = _NUMPY_NAMES.get(datatype)
+    if name is None:
         raise TensorError(
-            f"unsupported datatype {datatype!r}; expected one of {', '.join(DTYPES)}"
-        ) from None
+            f"unsupported datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+    return np.dtype(name)
 
 
 def datatype_of(dtype: np.dtype) -> str:
     """The protocol's name for a numpy dtype (strings and objects are BYTES)."""
     if dtype.kind in "OSU":
         return "BYTES"
-    name = _BY_KIND.get((dtype.kind, dtype.itemsize))
-    if name is None:
-        raise TensorError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
-    return name
+    for name in DATATYPES[:-1]:
+        if numpy_dtype(name).kind == dtype.kind and ITEMSIZE[name] == dtype.itemsize:
+            return name
+    raise TensorError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
 
 
 def element_count(shape: Sequence[int]) -> int:
@@ -65,31 +73,41 @@ def serialize_bytes(items: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes(raw: bytes | memoryview, count: int) -> np.ndarray:
+def _bytes_elements(raw: bytes | memoryview, count: int) -> list[bytes]:
     """``count`` length-prefixed elements; the data must hold exactly that many."""
     view = memoryview(raw)
-    out = np.empty(count, dtype=object)
+    out: list[bytes] = []
     offset = 0
-    for i in range(count):
+    for _ in range(count):
         if offset + 4 > len(view):
             raise TensorError(f"BYTES data holds fewer than the {count} elements of its shape")
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += 4
         if offset + length > len(view):
             raise TensorError("BYTES element length runs past the end of the tensor data")
-        out[i] = bytes(view[offset:offset + length])
+        out.append(bytes(view[offset:offset + length]))
         offset += length
     if offset != len(view):
         raise TensorError(f"BYTES data has {len(view) - offset} bytes after its {count} elements")
     return out
 
 
+def deserialize_bytes(raw: bytes | memoryview, count: int) -> np.ndarray:
+    import numpy as np
+
+    out = np.empty(count, dtype=object)
+    out[:] = _bytes_elements(raw, count)
+    return out
+
+
 def check_raw_size(datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> None:
     """Fixed-size datatypes: the byte count must be exactly elements x itemsize."""
     if datatype == "BYTES":
-        deserialize_bytes(raw, element_count(shape))
+        _bytes_elements(raw, element_count(shape))
         return
-    expected = element_count(shape) * numpy_dtype(datatype).itemsize
+    if datatype not in ITEMSIZE:
+        raise TensorError(f"unsupported datatype {datatype!r}")
+    expected = element_count(shape) * ITEMSIZE[datatype]
     if len(raw) != expected:
         raise TensorError(
             f"{len(raw)} bytes of data for a {datatype} tensor of shape {list(shape)}; "
@@ -99,6 +117,8 @@ def check_raw_size(datatype: str, shape: Sequence[int], raw: bytes | memoryview)
 
 def to_numpy(datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
     """A read-only view of raw tensor data (BYTES: an object array of bytes)."""
+    import numpy as np
+
     count = element_count(shape)
     if datatype == "BYTES":
         return deserialize_bytes(raw, count).reshape(shape)
@@ -108,15 +128,19 @@ def to_numpy(datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np
 
 def from_numpy(array: np.ndarray) -> tuple[str, list[int], bytes]:
     """(datatype, shape, raw bytes) of an array."""
+    import numpy as np
+
     datatype = datatype_of(array.dtype)
     if datatype == "BYTES":
         return datatype, list(array.shape), serialize_bytes(array)
-    dtype = DTYPES[datatype]
+    dtype = numpy_dtype(datatype)
     return datatype, list(array.shape), np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
-def from_json_data(datatype: str, shape: Sequence[int], data: object) -> bytes:
+def from_json_data(datatype: str, shape: Sequence[int], data: Any) -> bytes:
     """Raw bytes of a JSON ``data`` field (flat or nested, row-major)."""
+    import numpy as np
+
     count = element_count(shape)
     if datatype == "BYTES":
         try:

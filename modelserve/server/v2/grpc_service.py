@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import numpy as np
 
 from modelserve.datatypes import TensorError, numpy_dtype, serialize_bytes
 from modelserve.errors import ModelServeError
@@ -49,6 +48,8 @@ def _param(value: Any) -> Any:
 
 
 def _contents_raw(tensor: Any) -> bytes:
+    import numpy as np  # typed contents only: raw_input_contents needs no numpy
+
     field = _CONTENTS.get(tensor.datatype)
     if field is None:
         raise TensorError(f"input '{tensor.name}': {tensor.datatype} data must be sent in "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import orjson
 
 from modelserve.datatypes import TensorError, numpy_dtype, to_numpy
@@ -145,6 +144,8 @@ def encode_response(model: str, version: str, req: InferRequest,
 
 def v1_instances(doc: Any, datatype: str, name: str) -> Tensor:
     """KServe v1 ``{"instances": [...]}``: one tensor whose first dimension is the list."""
+    import numpy as np  # on first use: a frontend serving only binary tensors never loads it
+
     if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
         raise TensorError('the body must be {"instances": [...]}')
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelserve.datatypes import DTYPES, TensorError, check_raw_size, element_count
+from modelserve.datatypes import DATATYPES, TensorError, check_raw_size, element_count
 
 Parameters = dict[str, Any]
 
@@ -84,7 +84,7 @@ class Signature:
         """Raise TensorError for anything the model cannot take."""
         seen: set[str] = set()
         for t in req.inputs:
-            if t.datatype not in DTYPES:
+            if t.datatype not in DATATYPES:
                 raise TensorError(f"input '{t.name}': unsupported datatype {t.datatype!r}")
             if t.name in seen:
                 raise TensorError(f"input '{t.name}' is given more than once")
