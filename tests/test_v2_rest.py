@@ -94,6 +94,11 @@ def test_model_config_and_statistics(client):
         before["inference_stats"]["success"]["count"] + 1
     assert after["inference_count"] == before["inference_count"] + 2
     assert after["execution_count"] >= before["execution_count"] + 1
+    for kind in ("queue", "compute_infer"):
+        assert after["inference_stats"][kind]["count"] == \
+            before["inference_stats"][kind]["count"] + 1
+    assert after["inference_stats"]["compute_infer"]["ns"] > \
+        before["inference_stats"]["compute_infer"]["ns"]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

@@ -56,7 +56,9 @@ class DataPlane:
 
     async def infer_version(self, mv: ModelVersion, version: str | None, body: bytes,
                             content_type: str, headers: dict[str, str], request_id: str,
-                            v2: dict[str, Any] | None = None) -> Result:
+                            v2: dict[str, Any] | None = None,
+                            timing: list[float] | None = None) -> Result:
+        """``timing``, if given, receives (total, queued) seconds."""
         loop = asyncio.get_running_loop()
         job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2)
         mv.batcher.submit(job)
@@ -66,6 +68,8 @@ class DataPlane:
             now = time.perf_counter()
             queued = (job.dispatched or now) - job.arrival
             mv.metrics.observe_request(version, now - job.arrival, queued)
+            if timing is not None:
+                timing[:] = (now - job.arrival, queued)
 
     def is_healthy(self) -> bool:
         """TorchServe's /ping: every default version has its minimum of ready workers."""

@@ -146,21 +146,22 @@ class V2Core:
         stats = self._stats.get(mv)
         if stats is None:
             stats = self._stats[mv] = _Stats()
-        start = time.perf_counter_ns()
+        timing: list[float] = []
         ok = False
         try:
             result = await self.dp.infer_version(mv, version or None, b"", "", headers,
-                                                  request_id, req.wire())
+                                                  request_id, req.wire(), timing)
             if result.status >= 400 or result.tensors is None:
-                raise ModelServeError(_message(result.body), status=result.status)
+                raise ModelServeError(error_message(result.body), status=result.status)
             ok = True
             return mv, result.tensors
         finally:
-            elapsed = time.perf_counter_ns() - start
+            elapsed, queued = (int(t * 1e9) for t in timing) if timing else (0, 0)
             if ok:
                 stats.success += 1
                 stats.success_ns += elapsed
-                stats.infer_ns += elapsed
+                stats.queue_ns += queued
+                stats.infer_ns += elapsed - queued
                 stats.inferences += req.inputs[0].shape[0] if req.inputs[0].shape else 1
                 stats.last_ms = int(time.time() * 1000)
             else:
@@ -217,7 +218,7 @@ def _archive_name(filename: str) -> str:
     return filename
 
 
-def _message(body: bytes) -> str:
+def error_message(body: bytes) -> str:
     """The message of a worker's TorchServe-shaped error body."""
     try:
         doc = orjson.loads(body)
