@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 CONFIG ?= config.yaml
 STORE  ?= model_store
 
-.PHONY: serve test install install-dev examples lint bench clean
+.PHONY: serve test install install-dev examples lint bench clean protos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,7 @@ bench: examples
 
 clean:
 	rm -rf $(VENV) .modelserve $(STORE)/*.mar $(STORE)/.built .pytest_cache
+
+# The gRPC stubs are committed (no protoc at install time); regenerate after editing the .proto.
+protos: $(VENV)/.installed-dev
+	$(BIN)/python -m modelserve.server.protos.generate

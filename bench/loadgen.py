@@ -53,9 +53,10 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     lower = head.lower()
-    start = lower.index(b"content-length:")
-    end = lower.index(b"\r\n", start)
-    await reader.readexactly(int(lower[start + 15:end]))
+    # "\r\n" first: not Inference-Header-Content-Length (OIP v2 binary responses)
+    start = lower.index(b"\r\ncontent-length:")
+    end = lower.index(b"\r\n", start + 2)
+    await reader.readexactly(int(lower[start + 17:end]))
     return int(head[9:12]), b"connection: close" in lower
 
 

@@ -43,6 +43,9 @@ def _print_banner(settings: object, errors: list[str]) -> None:
     typer.echo(f"Inference API:  http://{host}:{settings.inference_port}  (/ping, /predictions)")
     typer.echo(f"Management API: http://{host}:{settings.management_port}  (/models)")
     typer.echo(f"Metrics API:    http://{host}:{settings.metrics_port}/metrics")
+    if settings.grpc_inference_port:
+        typer.echo(f"OIP v2 gRPC:    {host}:{settings.grpc_inference_port}  "
+                   "(inference.GRPCInferenceService; REST /v2 on the inference port)")
     for error in errors:
         typer.secho(f"failed to load {error}", fg=typer.colors.RED, err=True)
     sample = ",".join(str(v) for v in DIGIT_ZERO)
@@ -66,6 +69,8 @@ def start(
     inference_port: int | None = typer.Option(None, help="Inference API port."),
     management_port: int | None = typer.Option(None, help="Management API port."),
     metrics_port: int | None = typer.Option(None, help="Metrics API port."),
+    grpc_inference_port: int | None = typer.Option(
+        None, help="OIP v2 gRPC port (GRPCInferenceService); 0 turns gRPC off."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     ts_config: Path | None = typer.Option(
         None, "--ts-config", help="A TorchServe config.properties to read (see "
@@ -81,7 +86,8 @@ def start(
         settings = load_settings(
             config, ts_values=ts.settings if ts else None, model_store=model_store,
             load_models=models or None, host=host, inference_port=inference_port,
-            management_port=management_port, metrics_port=metrics_port, log_level=log_level,
+            management_port=management_port, metrics_port=metrics_port,
+            grpc_inference_port=grpc_inference_port, log_level=log_level,
         )
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

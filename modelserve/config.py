@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     inference_port: int = Field(8080, description="Inference API port (/ping, /predictions).")
     management_port: int = Field(8081, description="Management API port (/models).")
     metrics_port: int = Field(8082, description="Prometheus metrics port (/metrics).")
+    grpc_inference_port: int = Field(
+        8085, ge=0, le=65535,
+        description="OIP v2 gRPC (GRPCInferenceService) port; 0 turns gRPC off.")
     model_store: Path = Field(Path("model_store"), description="Where archive names resolve.")
     load_models: list[str] = Field(
         default_factory=list,

@@ -4,13 +4,18 @@ Both sides import this module; it must not import torch. The messages (``op`` ke
 
 frontend -> worker
     ``{"op": "infer", "id": int, "reqs": [[request_id, content_type, body, headers], ...]}``
+    an OIP v2 request has a fifth item, ``{"id", "parameters", "outputs": [name] | None,
+    "inputs": [[name, datatype, shape, raw bytes], ...]}`` (and an empty body)
     ``{"op": "stop"}``
 worker -> frontend
-    ``{"op": "ready", "pid": int, "device": str, "load_ms": float}``
+    ``{"op": "ready", "pid": int, "device": str, "load_ms": float, "signature": dict|None}``
+    (``signature``: the model's OIP v2 metadata, platform, inputs and outputs, when known)
     ``{"op": "load_failed", "error": str}``
     ``{"op": "result", "id": int, "out": [[status, content_type, body, headers], ...],
     "ms": float, "metrics": [[type, name, unit, labels, value], ...]}``
-    (``metrics`` carries the handler's ``context.metrics`` calls to the frontend's /metrics.)
+    (``metrics`` carries the handler's ``context.metrics`` calls to the frontend's /metrics;
+    the answer to a v2 request has a fifth item, its output tensors as
+    ``[[name, datatype, shape, raw bytes], ...]``.)
 
 ``body`` is raw bytes both ways: the frontend never decodes a request body, and the worker
 encodes each response once.

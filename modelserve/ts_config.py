@@ -396,7 +396,8 @@ _SNAPSHOT_FIELD = _harmless("written by TorchServe into its snapshots; informati
 _NO_SYSTEM_METRICS = "TorchServe's system metrics (CPU, memory, disk, GPU) are not collected here"
 _NO_TOKENS = "modelserve has no token authorization: every API answers without a token"
 _TLS = _unsupported("modelserve has no TLS; terminate TLS in a proxy in front")
-_GRPC = _unsupported("the gRPC APIs are not served; use the REST APIs")
+_GRPC = _unsupported("TorchServe's gRPC APIs are not served (modelserve's OIP v2 gRPC "
+                      "has its own grpc_inference_port setting)")
 _CORS = _unsupported("no CORS headers are sent; add them in a proxy in front")
 _SEQUENCE = _unsupported("modelserve has no sequence batching (stateful models)")
 _IPEX = _depends(_when_false, "Intel Extension for PyTorch is never applied here")

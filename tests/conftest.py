@@ -86,10 +86,11 @@ class Server:
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
-        self.ports = {k: free_port() for k in ("inference", "management", "metrics")}
+        self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc")}
         self.inference = f"http://127.0.0.1:{self.ports['inference']}"
         self.management = f"http://127.0.0.1:{self.ports['management']}"
         self.metrics = f"http://127.0.0.1:{self.ports['metrics']}"
+        self.grpc = f"127.0.0.1:{self.ports['grpc']}"
         self.log_path = self.root / "server.log"
 
     def start(self, timeout: float = 120) -> Server:
@@ -97,6 +98,7 @@ class Server:
             "inference_port": self.ports["inference"],
             "management_port": self.ports["management"],
             "metrics_port": self.ports["metrics"],
+            "grpc_inference_port": self.ports["grpc"],
             "model_store": str(self.store),
             "load_models": self.load_models,
             "workdir": str(self.root / "work"),
@@ -210,3 +212,91 @@ def copy_archive(store: Path, name: str, new_name: str) -> Path:
     target = store / new_name
     shutil.copy(store / name, target)
     return target
+
+
+IDENTITY_HANDLER = textwrap.dedent('''
+    """Test handler, TorchServe-style (no handle_v2): answers an OIP v2 request with its own
+    inputs, plus the batch size it was run in and the request's parameters (as JSON)."""
+    import json
+    import time
+
+
+    class IdentityHandler:
+        def initialize(self, context):
+            self.context = context
+
+        def handle(self, data, context):
+            out = []
+            for row in data:
+                body = row["body"]
+                params = body.get("parameters", {})
+                if params.get("sleep"):
+                    time.sleep(params["sleep"])
+                if params.get("fail"):
+                    raise ValueError("asked to fail")
+                tensors = [{"name": t["name"], "datatype": t["datatype"], "shape": t["shape"],
+                            "data": t["data"]} for t in body["inputs"]]
+                tensors.append({"name": "batch", "datatype": "INT32", "shape": [1],
+                                "data": [len(data)]})
+                tensors.append({"name": "params", "datatype": "BYTES", "shape": [1],
+                                "data": [json.dumps(params, sort_keys=True)]})
+                out.append({"outputs": tensors})
+            return out
+''')
+
+
+@pytest.fixture(scope="session")
+def v2_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model store plus ``identity``, an echo of v2 tensors (every datatype)."""
+    src = tmp_path_factory.mktemp("identity-src")
+    handler = src / "identity_handler.py"
+    handler.write_text(IDENTITY_HANDLER)
+    config = src / "model-config.yaml"
+    config.write_text(yaml.safe_dump({"batchSize": 16, "maxBatchDelay": 50,
+                                      "deviceType": "cpu"}))
+    create_archive(model_name="identity", version="1.0", handler=str(handler),
+                   config_file=config, export_path=model_store, force=True)
+    return model_store
+
+
+@pytest.fixture(scope="session")
+def v2_server(v2_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server for the OIP v2 tests (REST and gRPC): the four examples and ``identity``."""
+    srv = Server(tmp_path_factory.mktemp("v2-server"), v2_store,
+                 ["digits=digits.mar", "digits_onnx=digits_onnx.mar", "resnet=resnet.mar",
+                  "resnet_onnx=resnet_onnx.mar", "identity.mar"])
+    srv.start(timeout=240)
+    yield srv
+    survivors = srv.stop()
+    assert not survivors, f"worker processes outlived the server: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def direct_models(example_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """name -> callable(np.ndarray) -> np.ndarray: each example model run directly (TorchScript
+    with torch, ONNX with onnxruntime), to compare served outputs with."""
+    import zipfile
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    out = tmp_path_factory.mktemp("direct")
+    models = {}
+    for name, member in (("digits", "digits.pt"), ("resnet", "resnet.pt"),
+                         ("digits_onnx", "digits.onnx"), ("resnet_onnx", "resnet.onnx")):
+        with zipfile.ZipFile(example_store / f"{name}.mar") as zf:
+            path = zf.extract(member, out / name)
+        if member.endswith(".pt"):
+            module = torch.jit.load(path).eval()
+
+            def run(x: np.ndarray, module=module) -> np.ndarray:
+                with torch.inference_mode():
+                    return module(torch.from_numpy(x)).numpy()
+        else:
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+            def run(x: np.ndarray, session=session) -> np.ndarray:
+                return session.run(None, {"input": x})[0]
+        models[name] = run
+    return models

@@ -292,3 +292,56 @@ def run_model(model: Any, batch: torch.Tensor) -> torch.Tensor:
         feed = {model.get_inputs()[0].name: np.ascontiguousarray(batch.cpu().numpy())}
         return torch.from_numpy(model.run(None, feed)[0])
     return model(batch)
+
+
+# -- OIP v2: named tensors in and out ----------------------------------------------------------
+_ONNX_TYPES = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def onnx_signature(session: Any) -> dict[str, Any]:
+    """The ONNX graph's own inputs and outputs; symbolic dimensions are -1."""
+    def specs(items: Any) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": _ONNX_TYPES.get(t.type, t.type),
+                 "shape": [d if isinstance(d, int) else -1 for d in t.shape]} for t in items]
+
+    return {"platform": "onnxruntime_onnx", "inputs": specs(session.get_inputs()),
+            "outputs": specs(session.get_outputs())}
+
+
+def platform_of(model: Any) -> str:
+    """Triton's platform names where one fits (TorchScript is ``pytorch_libtorch``)."""
+    if is_onnx(model):
+        return "onnxruntime_onnx"
+    if isinstance(model, torch.jit.ScriptModule):
+        return "pytorch_libtorch"
+    return "pytorch_torch_export" if hasattr(model, "modelserve_input_shape") else "pytorch"
+
+
+def output_names(outputs: Any, names: list[str]) -> list[str]:
+    """Names for a model's positional outputs: the signature's, else ``output``/``output__i``."""
+    if len(names) >= len(outputs):
+        return names[:len(outputs)]
+    return ["output"] if len(outputs) == 1 else [f"output__{i}" for i in range(len(outputs))]
+
+
+def run_named(model: Any, feeds: dict[str, np.ndarray], order: list[str],
+              names: list[str], device: torch.device) -> dict[str, np.ndarray]:
+    """One forward pass on named inputs (positional for torch, in ``order``); named numpy
+    outputs. The caller holds ``torch.inference_mode``."""
+    if is_onnx(model):
+        values = model.run(None, feeds)
+        return dict(zip([o.name for o in model.get_outputs()], values))
+    # frombuffer views of the request bytes are read-only: torch wants writable memory
+    args = [torch.from_numpy(np.require(feeds[n], requirements=["C", "W"])).to(device)
+            for n in order]
+    out = model(*args)
+    if isinstance(out, Mapping):
+        return {str(k): v.detach().cpu().numpy() for k, v in out.items()}
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    return {name: v.detach().cpu().numpy() for name, v in zip(output_names(outs, names), outs)}

@@ -17,21 +17,30 @@ Options, under ``handler:`` in the archive's model-config.yaml::
                              # k > 1: a list of k such dicts, best first
 
 Labels come from ``index_to_name.json`` when the archive has one.
+
+OIP v2 requests (``handle_v2``) skip all of that: their named tensors are concatenated along
+dimension 0 across the batch, fed to the model as they are, and the model's raw outputs are
+split back per request. ``v2_signature`` describes the model: the ONNX graph's own inputs and
+outputs, or for torch models an input ``input`` of ``[-1, *input_shape]`` / ``input_dtype``
+and outputs found by one forward pass on zeros at load time.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import orjson
 import torch
 
+from modelserve.datatypes import datatype_of
 from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.errors import BadInputError
 from modelserve.handlers.runtimes import input_shape as model_input_shape
+from modelserve.handlers.runtimes import is_onnx, onnx_signature, platform_of, run_named
 
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -155,6 +164,69 @@ class TensorHandler(BaseHandler):
                     results[idx] = out
         return results
 
+    # -- OIP v2 ---------------------------------------------------------------------------
+    def v2_signature(self) -> dict[str, Any] | None:
+        if is_onnx(self.model):
+            self._v2 = onnx_signature(self.model)
+            return self._v2
+        self._v2 = {"platform": platform_of(self.model), "inputs": [], "outputs": []}
+        if self.input_shape is None:
+            return self._v2  # unknown: requests are checked against themselves only
+        self._v2["inputs"] = [{"name": "input", "datatype": datatype_of(self.dtype),
+                               "shape": [-1, *self.input_shape]}]
+        zeros = np.zeros([1, *self.input_shape], dtype=self.dtype)
+        with torch.inference_mode():
+            outs = run_named(self.model, {"input": zeros}, ["input"], [], self.device)
+        self._v2["outputs"] = [{"name": name, "datatype": datatype_of(array.dtype),
+                                "shape": [-1, *array.shape[1:]]}
+                               for name, array in outs.items()]
+        return self._v2
+
+    def handle_v2(self, requests: list[dict[str, Any]], context: Any) -> list[Any]:
+        """Requests whose inputs agree in everything but dimension 0 run as one batch."""
+        sig = getattr(self, "_v2", None) or self.v2_signature() or {}
+        order = [t["name"] for t in sig.get("inputs", [])]
+        names = [t["name"] for t in sig.get("outputs", [])]
+        groups: defaultdict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for idx, req in enumerate(requests):
+            inputs = req["inputs"]
+            key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+            groups[key].append(idx)
+        results: list[Any] = [None] * len(requests)
+        for members in groups.values():
+            try:
+                for idx, out in zip(members, self._run_v2(
+                        [requests[i]["inputs"] for i in members], order, names)):
+                    results[idx] = out
+            except Exception as exc:  # e.g. the model rejects the shape: each request alone
+                if len(members) == 1:
+                    results[members[0]] = _model_error(exc)
+                    continue
+                for idx in members:
+                    try:
+                        results[idx] = self._run_v2([requests[idx]["inputs"]], order, names)[0]
+                    except Exception as exc_one:
+                        results[idx] = _model_error(exc_one)
+        return results
+
+    def _run_v2(self, inputs: list[dict[str, np.ndarray]], order: list[str],
+                names: list[str]) -> list[dict[str, np.ndarray]]:
+        order = order or list(inputs[0])
+        if any(a.ndim == 0 for a in inputs[0].values()):
+            raise BadInputError("inputs need a batch dimension (dimension 0)")
+        sizes = [req[order[0]].shape[0] for req in inputs]
+        feeds = {n: np.concatenate([req[n] for req in inputs]) if len(inputs) > 1
+                 else inputs[0][n] for n in order}
+        with torch.inference_mode():
+            outs = run_named(self.model, feeds, order, names, self.device)
+        total = sum(sizes)
+        if len(inputs) > 1 and any(a.ndim == 0 or a.shape[0] != total for a in outs.values()):
+            raise ValueError("model outputs do not keep the batch dimension")
+        cuts = np.cumsum(sizes)[:-1]
+        parts = {name: np.split(array, cuts) if len(inputs) > 1 else [array]
+                 for name, array in outs.items()}
+        return [{name: parts[name][i] for name in outs} for i in range(len(inputs))]
+
     def _run(self, arrays: list[np.ndarray]) -> list[Any]:
         batch = torch.from_numpy(np.stack(arrays))
         return self.postprocess(self.inference(batch))
@@ -180,3 +252,10 @@ class TensorHandler(BaseHandler):
         if self.mapping:
             return str(self.mapping.get(str(index), index))
         return str(index)
+
+
+def _model_error(exc: Exception) -> Exception:
+    """The model refusing a tensor is the request's fault (400), as the message says."""
+    if isinstance(exc, BadInputError):
+        return exc
+    return BadInputError(f"the model could not run on the inputs: {type(exc).__name__}: {exc}")

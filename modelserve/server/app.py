@@ -1,4 +1,4 @@
-"""Run the three listeners (inference, management, metrics) on one event loop.
+"""Run the listeners (inference, management, metrics; OIP v2 gRPC) on one event loop.
 
 The listeners come up first, so /ping answers (Unhealthy) while the startup models load.
 SIGINT/SIGTERM stop the listeners, then every worker process.
@@ -22,6 +22,8 @@ from modelserve.server.inference_api import create_inference_app
 from modelserve.server.management_api import create_management_app
 from modelserve.server.metrics import ServerMetrics
 from modelserve.server.metrics_api import StatusCounter, create_metrics_app
+from modelserve.server.v2.core import V2Core
+from modelserve.server.v2.grpc_service import start_grpc_server
 
 log = logging.getLogger("modelserve")
 
@@ -49,8 +51,9 @@ async def run_server(settings: Settings,
     """Serve until SIGINT/SIGTERM; returns the process exit code."""
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics)
+    v2 = V2Core(dataplane)
     apps: list[tuple[Any, int]] = [
-        (StatusCounter(create_inference_app(dataplane, settings), metrics),
+        (StatusCounter(create_inference_app(dataplane, settings, v2), metrics),
          settings.inference_port),
         (create_management_app(dataplane), settings.management_port),
         (create_metrics_app(metrics), settings.metrics_port),
@@ -65,7 +68,16 @@ async def run_server(settings: Settings,
         loop.add_signal_handler(sig, stop.set)
 
     tasks = [asyncio.create_task(s.serve()) for s in listeners]
+    grpc_server = None
     try:
+        if settings.grpc_inference_port:
+            try:
+                grpc_server = await start_grpc_server(
+                    v2, settings.host, settings.grpc_inference_port, settings.max_request_size,
+                    settings.max_response_size)
+            except OSError as exc:
+                log.error("%s; stopping", exc)
+                return 1
         while not all(s.started for s in listeners):
             if any(t.done() for t in tasks):
                 log.error("a listener failed to start (port in use?); stopping")
@@ -83,6 +95,8 @@ async def run_server(settings: Settings,
     finally:
         for s in listeners:
             s.should_exit = True
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
         await asyncio.gather(*tasks, return_exceptions=True)
         await dataplane.shutdown()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -47,10 +47,20 @@ class DataPlane:
 
     # -- inference (hot path) ----------------------------------------------------------------
     async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
-                    headers: dict[str, str], request_id: str) -> Result:
-        mv = self.registry.get(name, version)
+                    headers: dict[str, str], request_id: str,
+                    v2: dict[str, Any] | None = None) -> Result:
+        """One request through the model's batcher; ``v2`` carries an OIP v2 request's
+        tensors (then ``body`` is empty)."""
+        return await self.infer_version(self.registry.get(name, version), version, body,
+                                        content_type, headers, request_id, v2)
+
+    async def infer_version(self, mv: ModelVersion, version: str | None, body: bytes,
+                            content_type: str, headers: dict[str, str], request_id: str,
+                            v2: dict[str, Any] | None = None,
+                            timing: list[float] | None = None) -> Result:
+        """``timing``, if given, receives (total, queued) seconds."""
         loop = asyncio.get_running_loop()
-        job = Job(request_id, content_type, body, headers, loop.create_future())
+        job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2)
         mv.batcher.submit(job)
         try:
             return await job.future
@@ -58,6 +68,8 @@ class DataPlane:
             now = time.perf_counter()
             queued = (job.dispatched or now) - job.arrival
             mv.metrics.observe_request(version, now - job.arrival, queued)
+            if timing is not None:
+                timing[:] = (now - job.arrival, queued)
 
     def is_healthy(self) -> bool:
         """TorchServe's /ping: every default version has its minimum of ready workers."""
@@ -169,6 +181,7 @@ class DataPlane:
         metrics = self.metrics.for_version(name, version)
 
         def on_batch_done(jobs: list[Job], handler_ms: float, custom: list[Any]) -> None:
+            metrics.executions += 1
             metrics.batch_size.observe(len(jobs))
             metrics.handler_time.observe(handler_ms / 1000.0)
             if custom:

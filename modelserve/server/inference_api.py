@@ -16,6 +16,7 @@ from modelserve.errors import BadRequestError, ModelServeError, RequestTooLargeE
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
 from modelserve.server.responses import JSONResponse
+from modelserve.server.v2.core import V2Core
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -44,7 +45,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 EXPLAIN = {"explain": "True"}  # the request header TorchServe's handlers route on
 
 
-def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
+def create_inference_app(dataplane: DataPlane, settings: Settings,
+                         v2: V2Core | None = None) -> FastAPI:
+    """TorchServe's routes, and the OIP v2 / KServe v1 routes (modelserve.server.v2.rest)."""
     app = FastAPI(title="modelserve inference API", version=__version__,
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
@@ -100,5 +103,9 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         app.add_route(path, predictions, methods=["POST", "PUT"])
     for path in ("/explanations/{model_name}", "/explanations/{model_name}/{model_version}"):
         app.add_route(path, explanations, methods=["POST", "PUT"])
+
+    from modelserve.server.v2.rest import add_v2_routes  # imports read_body from here
+
+    add_v2_routes(app, v2 or V2Core(dataplane), limit, max_response)
 
     return app

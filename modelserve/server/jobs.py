@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Result(NamedTuple):
@@ -17,6 +17,7 @@ class Result(NamedTuple):
     body: bytes
     headers: dict[str, str]
     batch_size: int = 1
+    tensors: list[list[Any]] | None = None  # OIP v2: [[name, datatype, shape, raw], ...]
 
 
 @dataclass(slots=True, eq=False)
@@ -28,9 +29,12 @@ class Job:
     future: asyncio.Future[Result]
     arrival: float = field(default_factory=time.perf_counter)
     dispatched: float = 0.0
+    v2: dict[str, Any] | None = None  # an OIP v2 request's tensors (InferRequest.wire())
 
     def wire(self) -> list[object]:
         """The job as the worker reads it (see modelserve.ipc)."""
+        if self.v2 is not None:
+            return [self.request_id, self.content_type, self.body, self.headers, self.v2]
         return [self.request_id, self.content_type, self.body, self.headers]
 
     def fail(self, exc: BaseException) -> None:

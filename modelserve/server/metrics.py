@@ -200,6 +200,7 @@ class VersionMetrics:
         self._queue = metrics.queue_time.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
         self.handler_time = metrics.worker_time.labels(model, version)
+        self.executions = 0  # batches run (Triton's execution_count, /v2/models/{m}/stats)
 
     def observe_request(self, requested: str | None, latency_s: float, queue_s: float) -> None:
         """One answered request. TorchServe labels its counters with the version the client

@@ -102,6 +102,7 @@ class WorkerProcess:
         self.device = "cpu"
         self.start_time = time.time()
         self.load_ms = 0.0
+        self.signature: dict[str, Any] | None = None  # the handler's OIP v2 metadata
         self.inflight: dict[int, list[Job]] = {}
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._on_change = on_change
@@ -139,6 +140,7 @@ class WorkerProcess:
             cause = hello.get("error") if hello else await self._death_cause()
             raise WorkerLoadError(f"model {self.spec.model_name} failed to load: {cause}")
         self.device = hello["device"]
+        self.signature = hello.get("signature")
         self.load_ms = hello["load_ms"]
         self.status = "READY"
         self._tasks.append(asyncio.create_task(self._read_results(reader)))
@@ -215,8 +217,8 @@ class WorkerProcess:
         if jobs is None:
             return  # already timed out
         out = msg["out"]
-        for job, (status, content_type, body, headers) in zip(jobs, out):
-            job.resolve(Result(status, content_type, body, headers, len(jobs)))
+        for job, item in zip(jobs, out):
+            job.resolve(Result(*item[:4], len(jobs), item[4] if len(item) > 4 else None))
         if len(out) < len(jobs):  # never leave a request hanging on a short answer
             err = WorkerDiedError(f"worker answered {len(out)} of {len(jobs)} requests")
             for job in jobs[len(out):]:

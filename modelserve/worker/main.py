@@ -24,6 +24,7 @@ from modelserve.worker import ts_compat
 from modelserve.worker.codec import decode_request, encode_response, error_response
 from modelserve.worker.context import Context
 from modelserve.worker.loader import Entry, load_entry
+from modelserve.worker.v2 import V2Runner
 
 log = logging.getLogger("modelserve.worker")
 
@@ -80,6 +81,7 @@ class Worker:
     def __init__(self, entry: Entry, context: Context) -> None:
         self.entry = entry
         self.context = context
+        self.v2 = V2Runner(entry)
 
     def run_batch(self, reqs: list[list[Any]]) -> list[list[Any]]:
         """Run one batch; on a handler error, retry each request alone so one bad request
@@ -100,6 +102,22 @@ class Worker:
         return out
 
     def _call(self, reqs: list[list[Any]]) -> list[list[Any]]:
+        """TorchServe requests and OIP v2 requests (a fifth item) of one batch each go to
+        the handler as their own batch; answers keep the batch's order."""
+        v2 = [len(r) > 4 for r in reqs]
+        if not any(v2):
+            return self._call_ts(reqs)
+        if all(v2):
+            return self._call_v2(reqs)
+        ts_out = iter(self._call_ts([r for r, is_v2 in zip(reqs, v2) if not is_v2]))
+        v2_out = iter(self._call_v2([r for r, is_v2 in zip(reqs, v2) if is_v2]))
+        return [next(v2_out) if is_v2 else next(ts_out) for is_v2 in v2]
+
+    def _call_v2(self, reqs: list[list[Any]]) -> list[list[Any]]:
+        self.context.begin_batch([r[0] for r in reqs], [r[3] for r in reqs])
+        return self.v2.run([r[4] for r in reqs], self.context)
+
+    def _call_ts(self, reqs: list[list[Any]]) -> list[list[Any]]:
         ctx = self.context
         ctx.begin_batch([r[0] for r in reqs], [r[3] for r in reqs])
         data = [decode_request(content_type, body) for _, content_type, body, _ in reqs]
@@ -149,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     load_ms = (time.perf_counter() - started) * 1000
     device = f"cuda:{gpu}" if gpu is not None else "cpu"
     log.info("loaded in %.0f ms on %s", load_ms, device)
-    ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms}
+    try:
+        signature = worker.v2.signature()
+    except Exception:  # metadata is a nicety: serve without it
+        log.warning("v2_signature() failed:\n%s", traceback.format_exc())
+        signature = None
+    ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms,
+             "signature": signature}
     sock.sendall(ipc.encode(ready))
 
     while True:

@@ -1,0 +1,195 @@
+"""OIP v2 over gRPC: ``inference.GRPCInferenceService`` on its own port, served by grpcio's
+asyncio server on the frontend's event loop (next to the uvicorn listeners).
+
+Thin like the REST routes: it converts protobuf to :class:`InferRequest` and calls
+:class:`V2Core`. Inputs arrive in ``raw_input_contents`` (what tritonclient sends) or in the
+typed ``contents`` fields; outputs always leave in ``raw_output_contents``. Errors become gRPC
+status codes with the message (400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from modelserve.datatypes import TensorError, numpy_dtype, serialize_bytes
+from modelserve.errors import ModelServeError
+from modelserve.server.protos import grpc_service_pb2 as pb
+from modelserve.server.protos import grpc_service_pb2_grpc as pb_grpc
+from modelserve.server.v2.core import V2Core
+from modelserve.server.v2.types import InferRequest, RequestedOutput, Tensor
+
+log = logging.getLogger("modelserve.grpc")
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED, 501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    507: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# datatype -> the typed contents field that may carry it
+_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def _param(value: Any) -> Any:
+    field = value.WhichOneof("parameter_choice")
+    return getattr(value, field) if field else None
+
+
+def _contents_raw(tensor: Any) -> bytes:
+    import numpy as np  # typed contents only: raw_input_contents needs no numpy
+
+    field = _CONTENTS.get(tensor.datatype)
+    if field is None:
+        raise TensorError(f"input '{tensor.name}': {tensor.datatype} data must be sent in "
+                          "raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if tensor.datatype == "BYTES":
+        return serialize_bytes(np.array(list(values), dtype=object))
+    try:
+        return np.asarray(values, dtype=numpy_dtype(tensor.datatype)).tobytes()
+    except OverflowError as exc:
+        raise TensorError(f"input '{tensor.name}': {exc}") from None
+
+
+def parse_request(request: Any) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise TensorError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    if not request.inputs:
+        raise TensorError("the request has no inputs")
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        data = raw[i] if raw else _contents_raw(t)
+        params = {k: _param(v) for k, v in t.parameters.items()}
+        inputs.append(Tensor(t.name, t.datatype, list(t.shape), data, params))
+    outputs = [RequestedOutput(o.name) for o in request.outputs] or None
+    params = {k: _param(v) for k, v in request.parameters.items()}
+    return InferRequest(inputs, outputs, request.id or None, params)
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _errors(fn: Handler) -> Handler:
+    async def method(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except ModelServeError as exc:
+            await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except TensorError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            log.exception("gRPC %s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    method.__name__ = fn.__name__
+    return method
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: V2Core) -> None:
+        self.core = core
+        self._prefix = f"grpc-{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
+        self._ids = itertools.count()
+        for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
+                     "ModelMetadata", "ModelInfer", "ModelConfig", "ModelStatistics",
+                     "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
+            setattr(self, name, _errors(getattr(self, f"_{name}")))
+
+    async def _ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.core.server_ready())
+
+    async def _ModelReady(self, request: Any, context: Any) -> Any:
+        self.core.model(request.name, request.version)  # NOT_FOUND for an unknown model
+        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
+
+    async def _ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.core.server_metadata())
+
+    async def _ModelMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.core.model_metadata(request.name, request.version)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]])
+
+    async def _ModelInfer(self, request: Any, context: Any) -> Any:
+        req = parse_request(request)
+        headers = {k: v for k, v in (context.invocation_metadata() or ())
+                   if isinstance(v, str)}
+        request_id = headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
+        mv, outputs = await self.core.infer(request.model_name, request.model_version, req,
+                                            headers, request_id)
+        out_tensor = pb.ModelInferResponse.InferOutputTensor
+        return pb.ModelInferResponse(
+            model_name=mv.name, model_version=mv.version, id=request.id,
+            outputs=[out_tensor(name=n, datatype=dt, shape=shape) for n, dt, shape, _ in outputs],
+            raw_output_contents=[raw for *_, raw in outputs])
+
+    async def _ModelConfig(self, request: Any, context: Any) -> Any:
+        cfg = self.core.model_config(request.name, request.version)
+        return pb.ModelConfigResponse(config=pb.ModelConfig(
+            name=cfg["name"], platform=cfg["platform"], backend=cfg["backend"],
+            max_batch_size=cfg["max_batch_size"],
+            input=[pb.ModelInput(**t) for t in cfg["input"]],
+            output=[pb.ModelOutput(**t) for t in cfg["output"]]))
+
+    async def _ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.core.model_stats(request.name or None, request.version or None)
+        out = []
+        for st in stats:
+            infer = {k: pb.StatisticDuration(**v) for k, v in st["inference_stats"].items()}
+            out.append(pb.ModelStatistics(
+                name=st["name"], version=st["version"], last_inference=st["last_inference"],
+                inference_count=st["inference_count"], execution_count=st["execution_count"],
+                inference_stats=pb.InferStatistics(**infer)))
+        return pb.ModelStatisticsResponse(model_stats=out)
+
+    async def _RepositoryIndex(self, request: Any, context: Any) -> Any:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        models = [m for m in self.core.repository_index()
+                  if not request.ready or m["state"] == "READY"]
+        return pb.RepositoryIndexResponse(models=[index(**m) for m in models])
+
+    async def _RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self.core.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def _RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.core.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+async def start_grpc_server(core: V2Core, host: str, port: int, max_receive: int,
+                            max_send: int) -> grpc.aio.Server:
+    """Bind and start; raises OSError when the port cannot be bound."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_receive),
+        ("grpc.max_send_message_length", max_send),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises where older versions returned 0
+        raise OSError(f"cannot bind the gRPC port {address}: {exc}") from None
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC port {address}")
+    await server.start()
+    return server
