@@ -5,12 +5,15 @@ Both sides import this module; it must not import torch. The messages (``op`` ke
 frontend -> worker
     ``{"op": "infer", "id": int, "reqs": [[request_id, content_type, body, headers], ...]}``
     ``{"op": "stop"}``
+    ``{"op": "cancel", "id": int, "idx": int}``  (a streamed request's client went away)
 worker -> frontend
     ``{"op": "ready", "pid": int, "device": str, "load_ms": float}``
     ``{"op": "load_failed", "error": str}``
     ``{"op": "result", "id": int, "out": [[status, content_type, body, headers], ...],
     "ms": float, "metrics": [[type, name, unit, labels, value], ...]}``
     (``metrics`` carries the handler's ``context.metrics`` calls to the frontend's /metrics.)
+    ``{"op": "chunk", "id": int, "out": [[idx, status, content_type, body, headers, last],
+    ...]}``  (streamed answers, before the batch's ``result``; see modelserve.worker.streaming)
 
 ``body`` is raw bytes both ways: the frontend never decodes a request body, and the worker
 encodes each response once.

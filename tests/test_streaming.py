@@ -317,6 +317,7 @@ def test_async_generator_yielding_a_list_per_step(stream_server):
         for t, n in tags.items()])
     blocker.join()
     for (tag, n), (r, lines) in zip(tags.items(), results):
+        assert r.status_code == 200
         chunks = [json.loads(line) for _, line in lines]
         assert [(c["tag"], c["seq"]) for c in chunks] == [(tag, i) for i in range(n)]
         assert chunks[0]["batch"] == 3

@@ -1,6 +1,8 @@
 """Inference API (TorchServe's, port 8080): /ping and /predictions/{model}[/{version}].
 
 This is the hot path: the body is read once and handed to the worker as bytes, unparsed.
+A handler that streams its answer is sent as chunked HTTP, or as Server-Sent Events when the
+client accepts ``text/event-stream`` (modelserve.server.streaming).
 """
 
 from __future__ import annotations

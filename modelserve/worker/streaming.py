@@ -78,7 +78,7 @@ class Streamer:
         self.batch_id = batch_id
         self.size = size
         self.offset = 0
-        if self.active or self.cancelled:
+        if self.active or self.cancelled or self.finished:
             self.active = False
             self.cancelled = set()
             self.finished = set()
@@ -110,7 +110,8 @@ class Streamer:
         return pos not in self.cancelled and pos not in self.finished
 
     # -- encoding ----------------------------------------------------------------------------
-    def _entry(self, item: Any, idx: int, ctx: Any, last: bool, status: int | None = None) -> list[Any]:
+    def _entry(self, item: Any, idx: int, ctx: Any, last: bool,
+               status: int | None = None) -> list[Any]:
         """``[position, status, content_type, body, headers, last]`` for one chunk."""
         try:
             out = encode_response(item, idx, ctx)
