@@ -19,7 +19,7 @@ from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
 from modelserve.server.jobs import Result
 from modelserve.server.responses import JSONResponse
-from modelserve.server.streaming import SSE, StreamingAnswer, sse_event, wants_sse
+from modelserve.server.streaming import StreamingAnswer, wants_sse
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -92,9 +92,6 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
             raise ModelServeError(
                 f"response of {len(result.body)} bytes exceeds max_response_size "
                 f"({max_response} bytes)")
-        if result.status < 300 and wants_sse(headers.get("accept")):  # one answer, one event
-            return Response(sse_event(result.body), status_code=result.status, media_type=SSE,
-                            headers={**result.headers, "x-request-id": request_id})
         return Response(result.body, status_code=result.status, media_type=result.content_type,
                         headers={**result.headers, "x-request-id": request_id})
 
