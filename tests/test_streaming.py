@@ -133,7 +133,9 @@ def _archive(src: Path, store: Path, name: str, handler_text: str | None,
 def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     src = tmp_path_factory.mktemp("stream-src")
     store = tmp_path_factory.mktemp("stream-store")
-    batched = {"batchSize": 3, "maxBatchDelay": 300}
+    # while the worker is busy, a batch waits up to 1 s to fill (tests that need a batch keep
+    # it busy first); an idle worker takes a request at once
+    batched = {"batchSize": 3, "maxBatchDelay": 1000}
     _archive(src, store, "gen", GEN_HANDLER, batched)
     _archive(src, store, "ts_stream", TS_HANDLER, batched)
     _archive(src, store, "steps", STEPS_HANDLER, batched)
@@ -282,7 +284,7 @@ def test_torchserve_intermediate_responses_in_a_batch(stream_server):
 # -- generators per request, async generator for a batch --------------------------------------
 def test_batch_of_streams_each_gets_its_own_chunks(stream_server):
     blocker = threading.Thread(target=httpx.post, args=(url(stream_server, "gen"),),
-                               kwargs={"json": {"sleep": 0.6}, "timeout": 30})
+                               kwargs={"json": {"sleep": 1.5}, "timeout": 30})
     blocker.start()  # keeps the worker busy, so the next three requests form one batch
     time.sleep(0.1)
     tags = ["a", "b", "c"]
@@ -308,7 +310,7 @@ def test_async_generator_yielding_a_list_per_step(stream_server):
     assert lines[0][0] < chunks[-1]["t"] - 0.5
 
     blocker = threading.Thread(target=stream_lines, args=(stream_server, "steps"),
-                               kwargs={"body": {"n": 2, "delay": 0.5, "tag": "z"}})
+                               kwargs={"body": {"n": 3, "delay": 0.75, "tag": "z"}})
     blocker.start()
     time.sleep(0.1)
     tags = {"p": 2, "q": 4, "r": 3}
@@ -372,7 +374,7 @@ def test_client_disconnect_in_a_batch_stops_only_its_stream(stream_server, tmp_p
         return stream_lines(stream_server, "gen", body)[1]
 
     blocker = threading.Thread(target=httpx.post, args=(url(stream_server, "gen"),),
-                               kwargs={"json": {"sleep": 0.5}, "timeout": 30})
+                               kwargs={"json": {"sleep": 1.5}, "timeout": 30})
     blocker.start()
     time.sleep(0.1)
     _, kept = run_concurrently([quitter, stayer])
