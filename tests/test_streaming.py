@@ -26,7 +26,7 @@ from modelserve.server.streaming import sse_event
 from tests.conftest import Server
 
 GEN_HANDLER = textwrap.dedent('''
-    """One generator per request; body: n, delay, tag, fail_at, count_file, plain, sleep."""
+    """A generator per request; body: n, delay, tag, fail_at, count_file, plain, sleep, boom."""
     import os
     import time
 
@@ -57,9 +57,16 @@ GEN_HANDLER = textwrap.dedent('''
                         f.write(f"{produced} closed")
 
         def handle(self, data, context):
+            logs = {row["body"]["batch_log"] for row in data
+                    if isinstance(row.get("body"), dict) and "batch_log" in row["body"]}
+            for path in logs:  # which batch sizes handle was called with
+                with open(path, "a") as f:
+                    f.write(f"{len(data)}\\n")
             out = []
             for row in data:
                 body = row.get("data", row.get("body"))
+                if body.get("boom"):
+                    raise RuntimeError("kaboom")
                 if body.get("sleep"):
                     time.sleep(body["sleep"])
                 if body.get("plain") or body.get("sleep"):
@@ -300,6 +307,29 @@ def test_batch_of_streams_each_gets_its_own_chunks(stream_server):
         assert [c["seq"] for c in chunks] == list(range(n))
         batch_sizes.update(c["batch"] for c in chunks)
     assert batch_sizes == {3}, batch_sizes
+
+
+def test_a_failing_batch_is_retried_alone_and_its_streams_still_stream(stream_server,
+                                                                       tmp_path):
+    """handle raises for the batch (one bad request): each request is run alone, and the
+    good one's generator streams as usual."""
+    batch_log = tmp_path / "batches"
+    blocker = threading.Thread(target=httpx.post, args=(url(stream_server, "gen"),),
+                               kwargs={"json": {"sleep": 1.5}, "timeout": 30})
+    blocker.start()
+    time.sleep(0.1)
+    good, bad = run_concurrently([
+        lambda: stream_lines(stream_server, "gen",
+                             {"n": 3, "tag": "good", "batch_log": str(batch_log)}),
+        lambda: httpx.post(url(stream_server, "gen"), timeout=30,
+                           json={"boom": True, "batch_log": str(batch_log)})])
+    blocker.join()
+    assert batch_log.read_text().split() == ["2", "1", "1"]  # the batch, then each alone
+    assert bad.status_code == 500 and "kaboom" in bad.json()["message"]
+    r, lines = good
+    assert r.status_code == 200
+    assert [(c["tag"], c["seq"], c["batch"]) for c in map(json.loads, (x for _, x in lines))] \
+        == [("good", 0, 1), ("good", 1, 1), ("good", 2, 1)]
 
 
 def test_async_generator_yielding_a_list_per_step(stream_server):

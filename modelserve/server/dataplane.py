@@ -272,6 +272,9 @@ class DataPlane:
         """The handler's ``describe_handle`` output, asked of a worker like TorchServe does."""
         result = await self.infer(mv.name, mv.version, b"", "", {"describe": "True"},
                                   "describe")
+        if isinstance(result, Stream):  # describe_handle is not for streaming
+            result.close()
+            raise ModelServeError("the handler streamed its describe_handle answer")
         if result.status >= 400:
             raise ModelServeError(result.body.decode(errors="replace"), status=result.status)
         return orjson.loads(result.body) if result.content_type == "application/json" \
