@@ -7,6 +7,7 @@ frontend -> worker
     an OIP v2 request has a fifth item, ``{"id", "parameters", "outputs": [name] | None,
     "inputs": [[name, datatype, shape, raw bytes], ...]}`` (and an empty body)
     ``{"op": "stop"}``
+    ``{"op": "cancel", "id": int, "idx": int}``  (a streamed request's client went away)
 worker -> frontend
     ``{"op": "ready", "pid": int, "device": str, "load_ms": float, "signature": dict|None}``
     (``signature``: the model's OIP v2 metadata, platform, inputs and outputs, when known)
@@ -16,6 +17,8 @@ worker -> frontend
     (``metrics`` carries the handler's ``context.metrics`` calls to the frontend's /metrics;
     the answer to a v2 request has a fifth item, its output tensors as
     ``[[name, datatype, shape, raw bytes], ...]``.)
+    ``{"op": "chunk", "id": int, "out": [[idx, status, content_type, body, headers, last],
+    ...]}``  (streamed answers, before the batch's ``result``; see modelserve.worker.streaming)
 
 ``body`` is raw bytes both ways: the frontend never decodes a request body, and the worker
 encodes each response once.

@@ -26,6 +26,8 @@ def test_every_alias_imports_in_a_fresh_interpreter():
         from ts.metrics.dimension import Dimension
         from ts.metrics.metric_type_enum import MetricTypes
         from ts.context import Context
+        from ts.handler_utils.utils import send_intermediate_predict_response
+        from ts.protocol.otf_message_handler import send_intermediate_predict_response
         assert issubclass(ImageClassifier, VisionHandler) and issubclass(VisionHandler, BaseHandler)
         assert PredictionException("x", 418).error_code == 418
         try:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -29,11 +30,18 @@ from modelserve.server.metrics import ServerMetrics
 from modelserve.server.pool import WorkerPool, cpu_count
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelRegistry, ModelVersion
+from modelserve.server.streaming import Stream
 from modelserve.server.workers import WorkerSpec
 
 log = logging.getLogger("modelserve.dataplane")
 
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+
+
+def _observe(mv: ModelVersion, version: str | None, job: Job) -> None:
+    """A streamed request's latency: arrival to the consumer closing the stream."""
+    now = time.perf_counter()
+    mv.metrics.observe_request(version, now - job.arrival, (job.dispatched or now) - job.arrival)
 
 
 class DataPlane:
@@ -48,28 +56,55 @@ class DataPlane:
     # -- inference (hot path) ----------------------------------------------------------------
     async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
                     headers: dict[str, str], request_id: str,
-                    v2: dict[str, Any] | None = None) -> Result:
+                    v2: dict[str, Any] | None = None) -> Result | Stream:
         """One request through the model's batcher; ``v2`` carries an OIP v2 request's
-        tensors (then ``body`` is empty)."""
+        tensors (then ``body`` is empty). The worker's answer: a Result, or a Stream when the
+        handler streams it (the request's latency is then observed when the consumer closes
+        the stream)."""
         return await self.infer_version(self.registry.get(name, version), version, body,
                                         content_type, headers, request_id, v2)
 
     async def infer_version(self, mv: ModelVersion, version: str | None, body: bytes,
                             content_type: str, headers: dict[str, str], request_id: str,
                             v2: dict[str, Any] | None = None,
-                            timing: list[float] | None = None) -> Result:
+                            timing: list[float] | None = None) -> Result | Stream:
         """``timing``, if given, receives (total, queued) seconds."""
         loop = asyncio.get_running_loop()
         job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2)
         mv.batcher.submit(job)
+        streamed = False
         try:
-            return await job.future
+            result = await job.future
+            if result.__class__ is Stream:
+                streamed = True
+                result.on_close(lambda: _observe(mv, version, job))  # type: ignore[union-attr]
+            return result
         finally:
-            now = time.perf_counter()
-            queued = (job.dispatched or now) - job.arrival
-            mv.metrics.observe_request(version, now - job.arrival, queued)
-            if timing is not None:
-                timing[:] = (now - job.arrival, queued)
+            if not streamed:
+                now = time.perf_counter()
+                queued = (job.dispatched or now) - job.arrival
+                mv.metrics.observe_request(version, now - job.arrival, queued)
+                if timing is not None:
+                    timing[:] = (now - job.arrival, queued)
+
+    async def infer_stream(self, name: str, version: str | None, body: bytes,
+                           content_type: str, headers: dict[str, str],
+                           request_id: str) -> AsyncIterator[Result]:
+        """Transport-neutral streaming (the hook for gRPC server streaming): each chunk as a
+        Result with the first chunk's status, content type and headers; a non-streamed answer
+        is one Result. Raises the error that ends a stream after its first chunk; stopping
+        early (``aclose()``) cancels the rest of the work in the worker."""
+        result = await self.infer(name, version, body, content_type, headers, request_id)
+        if result.__class__ is not Stream:
+            yield result  # type: ignore[misc]
+            return
+        stream: Stream = result  # type: ignore[assignment]
+        try:
+            async for chunk in stream:
+                yield Result(stream.status, stream.content_type, chunk, stream.headers,
+                             stream.batch_size)
+        finally:
+            stream.close()
 
     def is_healthy(self) -> bool:
         """TorchServe's /ping: every default version has its minimum of ready workers."""
@@ -250,6 +285,9 @@ class DataPlane:
         """The handler's ``describe_handle`` output, asked of a worker like TorchServe does."""
         result = await self.infer(mv.name, mv.version, b"", "", {"describe": "True"},
                                   "describe")
+        if isinstance(result, Stream):  # describe_handle is not for streaming
+            result.close()
+            raise ModelServeError("the handler streamed its describe_handle answer")
         if result.status >= 400:
             raise ModelServeError(result.body.decode(errors="replace"), status=result.status)
         return orjson.loads(result.body) if result.content_type == "application/json" \

@@ -1,6 +1,8 @@
 """Inference API (TorchServe's, port 8080): /ping and /predictions/{model}[/{version}].
 
 This is the hot path: the body is read once and handed to the worker as bytes, unparsed.
+A handler that streams its answer is sent as chunked HTTP, or as Server-Sent Events when the
+client accepts ``text/event-stream`` (modelserve.server.streaming).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from modelserve.config import Settings
 from modelserve.errors import BadRequestError, ModelServeError, RequestTooLargeError
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
+from modelserve.server.jobs import Result
 from modelserve.server.responses import JSONResponse
+from modelserve.server.streaming import StreamingAnswer, wants_sse
 from modelserve.server.v2.core import V2Core
 
 
@@ -84,6 +88,9 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
             headers.get("content-type", ""), headers, request_id,
         )
         access["batch_size"] = result.batch_size
+        if result.__class__ is not Result:  # the handler streams its answer
+            return StreamingAnswer(result, request_id,  # type: ignore[return-value]
+                                   wants_sse(headers.get("accept")), max_response)
         if len(result.body) > max_response:
             raise ModelServeError(
                 f"response of {len(result.body)} bytes exceeds max_response_size "

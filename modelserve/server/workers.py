@@ -24,6 +24,7 @@ from typing import Any
 
 from modelserve import ipc
 from modelserve.errors import ModelServeError, RequestTimeoutError, WorkerDiedError
+from modelserve.server import streaming
 from modelserve.server.jobs import Job, Result
 from modelserve.server.procfs import rss_bytes
 
@@ -109,6 +110,7 @@ class WorkerProcess:
         self._on_exit = on_exit
         self._ids = itertools.count()
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._streams: dict[int, dict[int, streaming.Stream | None]] = {}  # batches that stream
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -205,8 +207,31 @@ class WorkerProcess:
         )
         for job in jobs:
             job.fail(err)
+        streaming.fail(self._streams.pop(batch_id, None), err)
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()  # the reader sees EOF and the pool replaces the worker
+
+    def _chunk(self, msg: dict[str, Any]) -> None:
+        """Chunks of streamed answers (modelserve.server.streaming); each restarts the
+        batch's response_timeout, which so bounds the time between chunks."""
+        batch_id = msg["id"]
+        jobs = self.inflight.get(batch_id)
+        if jobs is None:
+            return  # already timed out
+        timer = self._timers.get(batch_id)
+        if timer is not None:
+            timer.cancel()
+            self._timers[batch_id] = asyncio.get_running_loop().call_later(
+                self.spec.response_timeout, self._timed_out, batch_id)
+        streams = self._streams.setdefault(batch_id, {})
+        for entry in msg["out"]:
+            streaming.feed(streams, jobs, entry, lambda idx: self._cancel(batch_id, idx))
+
+    def _cancel(self, batch_id: int, idx: int) -> None:
+        """A streamed request's client went away: the worker stops producing its chunks."""
+        if batch_id in self.inflight and self._writer is not None \
+                and not self._writer.is_closing():
+            self._writer.write(ipc.encode({"op": "cancel", "id": batch_id, "idx": idx}))
 
     def _complete(self, msg: dict[str, Any]) -> None:
         batch_id = msg["id"]
@@ -217,12 +242,17 @@ class WorkerProcess:
         if jobs is None:
             return  # already timed out
         out = msg["out"]
-        for job, item in zip(jobs, out):
-            job.resolve(Result(*item[:4], len(jobs), item[4] if len(item) > 4 else None))
-        if len(out) < len(jobs):  # never leave a request hanging on a short answer
-            err = WorkerDiedError(f"worker answered {len(out)} of {len(jobs)} requests")
-            for job in jobs[len(out):]:
-                job.fail(err)
+        streams = self._streams.pop(batch_id, None)
+        if streams is not None:
+            streaming.finish(streams, jobs, out, WorkerDiedError(
+                f"worker answered {len(out)} of {len(jobs)} requests"))
+        else:
+            for job, item in zip(jobs, out):
+                job.resolve(Result(*item[:4], len(jobs), item[4] if len(item) > 4 else None))
+            if len(out) < len(jobs):  # never leave a request hanging on a short answer
+                err = WorkerDiedError(f"worker answered {len(out)} of {len(jobs)} requests")
+                for job in jobs[len(out):]:
+                    job.fail(err)
         if self.on_batch_done is not None:
             self.on_batch_done(jobs, msg.get("ms", 0.0), msg.get("metrics") or [])
         self._on_change()
@@ -230,8 +260,11 @@ class WorkerProcess:
     async def _read_results(self, reader: asyncio.StreamReader) -> None:
         try:
             while (msg := await ipc.read_frame(reader)) is not None:
-                if msg.get("op") == "result":
+                op = msg.get("op")
+                if op == "result":
                     self._complete(msg)
+                elif op == "chunk":
+                    self._chunk(msg)
         except (ConnectionError, ipc.FrameError) as exc:
             log.error("worker %s: broken connection: %s", self.id, exc)
         await self._died()
@@ -269,6 +302,9 @@ class WorkerProcess:
                 for job in jobs:
                     job.fail(err)
             self.inflight.clear()
+            for streams in self._streams.values():
+                streaming.fail(streams, err)
+            self._streams.clear()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()

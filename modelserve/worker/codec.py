@@ -8,6 +8,7 @@ An exception in place of a result becomes that request's error response.
 
 from __future__ import annotations
 
+import inspect
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -20,6 +21,10 @@ from modelserve.worker.context import Context
 
 JSON = "application/json"
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class StreamFound(Exception):
+    """A result is a generator: the worker streams the batch (modelserve.worker.streaming)."""
 
 
 def _looks_like_json(body: bytes) -> bool:
@@ -103,5 +108,7 @@ def encode_response(result: Any, idx: int, ctx: Context) -> list[Any]:
     try:
         body = orjson.dumps(result, default=_default, option=_JSON_OPTIONS)
     except TypeError as exc:
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            raise StreamFound from None
         return error_response(TypeError(f"handler result cannot be encoded as JSON: {exc}"))
     return [status, content_type or JSON, body, headers]

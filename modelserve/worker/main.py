@@ -16,12 +16,13 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from modelserve import ipc
-from modelserve.worker import ts_compat
-from modelserve.worker.codec import decode_request, encode_response, error_response
+from modelserve.worker import streaming, ts_compat
+from modelserve.worker.codec import StreamFound, decode_request, encode_response, error_response
 from modelserve.worker.context import Context
 from modelserve.worker.loader import Entry, load_entry
 from modelserve.worker.v2 import V2Runner
@@ -78,25 +79,38 @@ def _pick_gpu(index: int, device_type: str) -> int | None:
 
 
 class Worker:
-    def __init__(self, entry: Entry, context: Context) -> None:
+    def __init__(self, entry: Entry, context: Context, streamer: streaming.Streamer) -> None:
         self.entry = entry
         self.context = context
         self.v2 = V2Runner(entry)
+        self.streamer = streamer
 
     def run_batch(self, reqs: list[list[Any]]) -> list[list[Any]]:
         """Run one batch; on a handler error, retry each request alone so one bad request
-        cannot fail the others."""
+        cannot fail the others (unless chunks of a streamed answer already went out)."""
         try:
             return self._call(reqs)
+        except streaming.StreamCancelled:
+            return self.streamer.placeholders(len(reqs))
         except Exception as exc:  # the handler's own failure
+            if self.streamer.active:
+                log.warning("handler failed mid-stream: %s",
+                            "".join(traceback.format_exception_only(exc)))
+                return self.streamer.fail(exc, len(reqs))
             if len(reqs) == 1:
                 log.warning("handler failed: %s", "".join(traceback.format_exception_only(exc)))
                 return [error_response(exc)]
         out: list[list[Any]] = []
-        for req in reqs:
+        for i, req in enumerate(reqs):
+            self.streamer.offset, self.streamer.active = i, False
             try:
                 out.extend(self._call([req]))
+            except streaming.StreamCancelled:
+                out.extend(self.streamer.placeholders(1))
             except Exception as exc:
+                if self.streamer.active:
+                    out.extend(self.streamer.fail(exc, 1))
+                    continue
                 log.warning("handler failed: %s", "".join(traceback.format_exception_only(exc)))
                 out.append(error_response(exc))
         return out
@@ -123,12 +137,19 @@ class Worker:
         data = [decode_request(content_type, body) for _, content_type, body, _ in reqs]
         results = self.entry(data, ctx)
         if not isinstance(results, list):
+            if streaming.is_stream(results):
+                return self.streamer.run_steps(results, len(reqs), ctx)
             raise TypeError(f"handler returned {type(results).__name__}, expected a list")
         if len(results) != len(reqs):
             raise ValueError(
                 f"handler returned {len(results)} results for a batch of {len(reqs)} requests"
             )
-        return [encode_response(result, idx, ctx) for idx, result in enumerate(results)]
+        if self.streamer.active:  # it sent intermediate responses: these are the last chunks
+            return self.streamer.finish(results, ctx)
+        try:
+            return [encode_response(result, idx, ctx) for idx, result in enumerate(results)]
+        except StreamFound:  # some results are generators
+            return self.streamer.run_list(results, ctx)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         os.chdir(args.model_dir)
         ts_compat.install()  # TorchServe handler files import ts.*
-        worker = Worker(load_entry(args.handler, args.model_dir, context), context)
+        inbox: deque[dict[str, Any] | None] = deque()  # frames read while streaming
+        streamer = streaming.Streamer(sock, inbox)
+        streaming.install(streamer)
+        worker = Worker(load_entry(args.handler, args.model_dir, context), context, streamer)
         _apply_torch_threads(args.threads)
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())
@@ -177,10 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     sock.sendall(ipc.encode(ready))
 
     while True:
-        msg = ipc.recv_frame(sock)
+        msg = inbox.popleft() if inbox else ipc.recv_frame(sock)
         if msg is None or msg["op"] == "stop":
             return 0
-        if msg["op"] == "infer":
+        if msg["op"] == "infer":  # ("cancel" of a stream that already ended: nothing to do)
+            streamer.begin(msg["id"], len(msg["reqs"]))
             t0 = time.perf_counter()
             out = worker.run_batch(msg["reqs"])
             ms = (time.perf_counter() - t0) * 1000

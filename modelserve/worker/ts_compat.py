@@ -27,8 +27,11 @@ ALIASES = {
     "ts.utils.util": "modelserve.handlers.util",
     "ts.metrics.dimension": "modelserve.worker.metrics",
     "ts.metrics.metric_type_enum": "modelserve.worker.metrics",
+    # send_intermediate_predict_response (streaming): its current and its deprecated home
+    "ts.handler_utils.utils": "modelserve.worker.streaming",
+    "ts.protocol.otf_message_handler": "modelserve.worker.streaming",
 }
-PACKAGES = {"ts", "ts.torch_handler", "ts.utils", "ts.metrics"}
+PACKAGES = {"ts", "ts.torch_handler", "ts.utils", "ts.metrics", "ts.handler_utils", "ts.protocol"}
 
 
 class TsAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -22,6 +22,7 @@ from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelVersion
+from modelserve.server.streaming import Stream
 from modelserve.server.v2.types import InferRequest, Signature
 
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_repository", "statistics",
@@ -151,6 +152,10 @@ class V2Core:
         try:
             result = await self.dp.infer_version(mv, version or None, b"", "", headers,
                                                   request_id, req.wire(), timing)
+            if isinstance(result, Stream):
+                result.close()
+                raise ModelServeError("this model streams its answers; OIP v2 infer does "
+                                      "not: use /predictions", status=400)
             if result.status >= 400 or result.tensors is None:
                 raise ModelServeError(error_message(result.body), status=result.status)
             ok = True

@@ -1,0 +1,254 @@
+"""Streamed answers, frontend side: chunks from a worker to a client as they come.
+
+A worker streams an answer with ``chunk`` frames (see ``modelserve.worker.streaming`` for the
+handler contract): the first chunk of a request resolves its job with a :class:`Stream`
+instead of a ``Result``, carrying the first chunk's status, content type and headers; later
+chunks are pushed onto it, and the entry marked ``last`` (or the batch's ``result`` frame)
+ends it. An error after the first chunk ends the stream with that error. A consumer that goes
+away calls :meth:`Stream.close`, which tells the worker (a ``cancel`` frame) to stop producing.
+
+Transports read a stream with ``async for body in stream`` (raises the error that ended it,
+if any): :class:`StreamingAnswer` sends it as chunked HTTP or as Server-Sent Events, and
+``DataPlane.infer_stream`` gives any transport (gRPC server streaming) the chunks as Results.
+Chunks are not held back for a slow client: they wait in memory until sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from modelserve.errors import ModelServeError
+from modelserve.server.jobs import Job, Result
+
+log = logging.getLogger("modelserve.streaming")
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"  # a stream of JSON chunks, one per line
+
+
+class Stream:
+    """One request's streamed answer: fed by its worker, read by one transport."""
+
+    __slots__ = ("status", "content_type", "headers", "batch_size", "request_id", "done",
+                 "error", "_chunks", "_wake", "_cancel", "_on_close", "_closed")
+
+    def __init__(self, status: int, content_type: str, headers: dict[str, str],
+                 batch_size: int, request_id: str, cancel: Callable[[], None]) -> None:
+        self.status = status
+        self.content_type = content_type
+        self.headers = headers
+        self.batch_size = batch_size
+        self.request_id = request_id
+        self.done = False
+        self.error: ModelServeError | None = None
+        self._chunks: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._cancel = cancel
+        self._on_close: list[Callable[[], None]] = []
+        self._closed = False
+
+    # -- producer (the worker connection) ----------------------------------------------------
+    def push(self, body: bytes) -> None:
+        if not self.done and body:
+            self._chunks.append(body)
+            self._wake.set()
+
+    def end(self, error: ModelServeError | None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.error = error
+            self._wake.set()
+            if error is not None:
+                log.error("stream of request %s ended by an error after its first chunk: "
+                          "%s (%s)", self.request_id, error.message, error.status)
+
+    # -- consumer (a transport) --------------------------------------------------------------
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the consumer is done with the stream."""
+        self._on_close.append(callback)
+
+    def close(self) -> None:
+        """The consumer is done (last chunk sent, an error, or the client went away): if the
+        stream is still open, the worker is told to stop it."""
+        if not self.done:
+            self.done = True
+            self._chunks.clear()
+            self._wake.set()
+            self._cancel()
+        if not self._closed:
+            self._closed = True
+            for callback in self._on_close:
+                callback()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            while self._chunks:
+                yield self._chunks.popleft()
+            if self.done:
+                if self.error is not None:
+                    raise self.error
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+
+def _error(status: int, body: bytes) -> ModelServeError:
+    """The worker's error entry (TorchServe's error body) as an exception."""
+    try:
+        parsed = orjson.loads(body)
+        return ModelServeError(str(parsed["message"]), status=status, type=str(parsed["type"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ModelServeError(body.decode(errors="replace"), status=status)
+
+
+def feed(streams: dict[int, Stream | None], jobs: list[Job], entry: list[Any],
+         cancel: Callable[[int], None]) -> None:
+    """One ``[idx, status, content_type, body, headers, last]`` entry of a chunk frame.
+
+    ``streams`` is the batch's state: a Stream per streamed request, None for a request
+    answered whole (an entry both first and last: an ordinary answer, errors included).
+    """
+    idx, status, content_type, body, headers, last = entry
+    if idx >= len(jobs):
+        return
+    if idx not in streams:
+        job = jobs[idx]
+        if last:
+            streams[idx] = None
+            job.resolve(Result(status, content_type, body, headers, len(jobs)))
+            return
+        stream = Stream(status, content_type, headers, len(jobs), job.request_id,
+                        lambda: cancel(idx))
+        stream.push(body)
+        streams[idx] = stream
+        if job.future.done():  # cannot happen while the batch is in flight; never leak work
+            stream.close()
+        job.resolve(stream)  # type: ignore[arg-type]
+        return
+    stream = streams[idx]
+    if stream is None:
+        return
+    if status >= 400:
+        stream.end(_error(status, body))
+        return
+    stream.push(body)
+    if last:
+        stream.end()
+
+
+def finish(streams: dict[int, Stream | None], jobs: list[Job], out: list[list[Any]],
+           missing: ModelServeError) -> None:
+    """The batch's ``result`` frame after chunks: it answers what no chunk answered and ends
+    any stream still open (its ``out`` entry is the last chunk, or the error)."""
+    for idx, job in enumerate(jobs):
+        state = streams.get(idx, job)
+        entry = out[idx] if idx < len(out) else None
+        if state is job:
+            if entry is None:
+                job.fail(missing)
+            else:
+                job.resolve(Result(*entry[:4], len(jobs), entry[4] if len(entry) > 4 else None))
+        elif isinstance(state, Stream) and not state.done:
+            if entry is None:
+                state.end(missing)
+            elif entry[0] >= 400:
+                state.end(_error(entry[0], entry[2]))
+            else:
+                state.push(entry[2])
+                state.end()
+
+
+def fail(streams: dict[int, Stream | None] | None, error: ModelServeError) -> None:
+    """The worker died or timed out: end the batch's open streams with ``error``."""
+    for state in (streams or {}).values():
+        if state is not None:
+            state.end(error)
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+def wants_sse(accept: str | None) -> bool:
+    return accept is not None and SSE in accept
+
+
+def sse_event(body: bytes, event: bytes | None = None) -> bytes:
+    """One Server-Sent Events frame: each line of ``body`` as a ``data:`` line."""
+    lines = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    head = b"event: " + event + b"\n" if event else b""
+    return head + b"".join([b"data: " + line + b"\n" for line in lines]) + b"\n"
+
+
+async def _watch_disconnect(receive: Any, stream: Stream) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.close()
+
+
+class StreamingAnswer:
+    """ASGI response sending a :class:`Stream` as it comes.
+
+    Chunked HTTP (no Content-Length): each chunk as the handler produced it, except JSON
+    chunks, which go out one per line (``application/x-ndjson``). With ``sse``, each chunk is
+    one ``data:`` event (``text/event-stream``). The status and headers are the first chunk's.
+    An error after the first chunk is logged; an SSE stream then sends an ``event: error``
+    with TorchServe's error body and ends, a chunked one ends without its final empty chunk,
+    so that the client sees an incomplete body rather than a complete-looking one. A client
+    that disconnects closes the stream, which cancels the work in the worker.
+    """
+
+    def __init__(self, stream: Stream, request_id: str, sse: bool, max_chunk: int) -> None:
+        self.stream = stream
+        self.sse = sse
+        self.max_chunk = max_chunk
+        headers = {**stream.headers, "x-request-id": request_id}
+        self.ndjson = False
+        if sse:
+            headers.update({"content-type": SSE, "cache-control": "no-cache",
+                            "x-accel-buffering": "no"})
+        elif stream.content_type == "application/json":
+            self.ndjson = True
+            headers["content-type"] = NDJSON
+        else:
+            headers["content-type"] = stream.content_type or "application/octet-stream"
+        self.raw_headers = [(k.lower().encode("latin-1"), str(v).encode("latin-1"))
+                            for k, v in headers.items()]
+
+    def frame(self, body: bytes) -> bytes:
+        if self.sse:
+            return sse_event(body)
+        return body + b"\n" if self.ndjson else body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        stream = self.stream
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, stream))
+        try:
+            await send({"type": "http.response.start", "status": stream.status,
+                        "headers": self.raw_headers})
+            try:
+                async for body in stream:
+                    if len(body) > self.max_chunk:
+                        raise ModelServeError(
+                            f"a chunk of {len(body)} bytes exceeds max_response_size "
+                            f"({self.max_chunk} bytes)")
+                    await send({"type": "http.response.body", "body": self.frame(body),
+                                "more_body": True})
+            except ModelServeError as exc:
+                if exc is not stream.error:  # (the stream's own error is logged by end())
+                    log.error("stream of request %s stopped: %s", stream.request_id,
+                              exc.message)
+                if not self.sse:
+                    return  # no final chunk: the client sees the body is incomplete
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": sse_event(orjson.dumps(exc.body()), b"error")})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            stream.close()
