@@ -108,7 +108,7 @@ class ServerUnderTest:
             "inference_port": self.ports[0], "management_port": self.ports[1],
             "metrics_port": self.ports[2], "model_store": str(store),
             "load_models": [f"{model}={model}.mar"], "workdir": str(workdir / "work"),
-            "log_level": "warning",
+            "log_level": "warning", "disable_token_auth": True,
         }
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -1,7 +1,9 @@
 """Run the three listeners (inference, management, metrics) on one event loop.
 
 The listeners come up first, so /ping answers (Unhealthy) while the startup models load.
-SIGINT/SIGTERM stop the listeners, then every worker process.
+SIGINT/SIGTERM drain: readiness turns false (/ping 503 "Draining"), the listeners keep
+accepting for ``drain_delay`` seconds, then stop accepting; in-flight requests get up to
+``shutdown_grace_period`` seconds to finish; then every worker process is stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import uvicorn
 
 from modelserve.config import Settings
 from modelserve.server.access_log import AccessLog
+from modelserve.server.auth import KeyStore, TokenAuth
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.inference_api import create_inference_app
 from modelserve.server.management_api import create_management_app
@@ -39,7 +42,7 @@ def _listener(app: Any, settings: Settings, port: int) -> _Listener:
         app, host=settings.host, port=port, http="httptools", loop="none", lifespan="off",
         log_level=settings.log_level, access_log=False, server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_period)),
     )
     return _Listener(config)
 
@@ -49,10 +52,22 @@ async def run_server(settings: Settings,
     """Serve until SIGINT/SIGTERM; returns the process exit code."""
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics)
+    inference: Any = create_inference_app(dataplane, settings)
+    management: Any = create_management_app(dataplane)
+    if not settings.disable_token_auth:
+        try:
+            keys = KeyStore(settings.key_path)
+        except (OSError, ValueError) as exc:
+            log.error("token authorization: %s", exc)
+            return 2
+        inference = TokenAuth(inference, keys, "inference")
+        management = TokenAuth(management, keys, "management")
+    else:
+        log.warning("token authorization is disabled: anyone who can reach the ports can "
+                    "call every API")
     apps: list[tuple[Any, int]] = [
-        (StatusCounter(create_inference_app(dataplane, settings), metrics),
-         settings.inference_port),
-        (create_management_app(dataplane), settings.management_port),
+        (StatusCounter(inference, metrics), settings.inference_port),
+        (management, settings.management_port),
         (create_metrics_app(metrics), settings.metrics_port),
     ]
     listeners = [
@@ -65,6 +80,7 @@ async def run_server(settings: Settings,
         loop.add_signal_handler(sig, stop.set)
 
     tasks = [asyncio.create_task(s.serve()) for s in listeners]
+    deadline = loop.time()  # when in-flight work must be done, set at the stop signal
     try:
         while not all(s.started for s in listeners):
             if any(t.done() for t in tasks):
@@ -78,13 +94,20 @@ async def run_server(settings: Settings,
             on_ready(settings, loading.result())
         await stopped
         loading.cancel()
-        log.info("shutting down")
+        dataplane.draining = True
+        deadline = loop.time() + settings.drain_delay + settings.shutdown_grace_period
+        log.info("draining: readiness is false; in-flight requests get %gs to finish",
+                 settings.shutdown_grace_period)
+        if settings.drain_delay:
+            await asyncio.sleep(settings.drain_delay)
         return 0
     finally:
+        dataplane.draining = True
         for s in listeners:
             s.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
-        await dataplane.shutdown()
+        await dataplane.shutdown(grace=max(0.0, deadline - loop.time()))
+        log.info("stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

@@ -21,13 +21,15 @@ _STARLETTE_TYPES = {
 }
 
 
-def error_response(status: int, type_: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": status, "type": type_, "message": message}, status_code=status)
+def error_response(status: int, type_: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": status, "type": type_, "message": message}, status_code=status,
+                        headers=headers)
 
 
 async def _modelserve_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ModelServeError)
-    return error_response(exc.status, exc.type, exc.message)
+    return error_response(exc.status, exc.type, exc.message, exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

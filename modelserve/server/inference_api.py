@@ -57,7 +57,11 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
-        """Healthy when every model has its minimum of ready workers (TorchServe's rule)."""
+        """Healthy when every model has its minimum of ready workers and none is
+        crash-looping (TorchServe's rule; 500 Unhealthy otherwise); 503 Draining after
+        SIGTERM. Needs no token."""
+        if dataplane.draining:
+            return JSONResponse({"status": "Draining"}, status_code=503)
         if dataplane.is_healthy():
             return JSONResponse({"status": "Healthy"})
         return JSONResponse({"status": "Unhealthy"}, status_code=500)

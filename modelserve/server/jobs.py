@@ -28,6 +28,7 @@ class Job:
     future: asyncio.Future[Result]
     arrival: float = field(default_factory=time.perf_counter)
     dispatched: float = 0.0
+    retried: bool = False  # set when its worker died and it was sent to another one
 
     def wire(self) -> list[object]:
         """The job as the worker reads it (see modelserve.ipc)."""

@@ -88,6 +88,11 @@ async def spawn_process(argv: list[str], fd: int,
     )
 
 
+def _fail_all(jobs: list[Job], err: ModelServeError) -> None:
+    for job in jobs:
+        job.fail(err)
+
+
 class WorkerProcess:
     """One worker: its process, socket, in-flight batches and state."""
 
@@ -112,6 +117,11 @@ class WorkerProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.on_batch_done: Callable[[list[Job], float, list[Any]], None] | None = None
+        # Called with the in-flight jobs of a worker that died, and the error they would get;
+        # the pool retries them on another worker or fails them (default: fail).
+        self.on_orphans: Callable[[list[Job], ModelServeError], None] = _fail_all
+        self.death_cause = ""
+        self._kill_reason = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -204,6 +214,8 @@ class WorkerProcess:
         for job in jobs:
             job.fail(err)
         if self._proc is not None and self._proc.returncode is None:
+            self._kill_reason = (f"recycled after exceeding response_timeout "
+                                 f"{self.spec.response_timeout:g}s; ")
             self._proc.kill()  # the reader sees EOF and the pool replaces the worker
 
     def _complete(self, msg: dict[str, Any]) -> None:
@@ -252,6 +264,7 @@ class WorkerProcess:
             how = f"killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exit code {code}"
+        how = self._kill_reason + how
         tail = " | ".join(list(self.stderr_tail)[-5:])
         return f"{how}; last output: {tail}" if tail else how
 
@@ -260,16 +273,17 @@ class WorkerProcess:
         self.status = "STOPPED" if was_stopping else "DEAD"
         if self._writer is not None:
             self._writer.close()
-        cause = await self._death_cause()
-        if self.inflight:
-            err = WorkerDiedError(f"worker for model {self.spec.model_name} died ({cause})")
-            for jobs in self.inflight.values():
-                for job in jobs:
-                    job.fail(err)
-            self.inflight.clear()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        cause = self.death_cause = await self._death_cause()
+        if self.inflight:
+            err = WorkerDiedError(
+                f"worker {self.id} (pid {self.pid}) for model {self.spec.model_name} died "
+                f"({cause})")
+            orphans = [job for jobs in self.inflight.values() for job in jobs]
+            self.inflight.clear()
+            self.on_orphans(orphans, err)
         if not was_stopping:
             log.error("worker %s (pid %s) of %s died: %s",
                       self.id, self.pid, self.spec.model_name, cause)
