@@ -78,8 +78,11 @@ class KeyStore:
             os.fchmod(fd, 0o600)
             os.write(fd, json.dumps(body, indent=2).encode())
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         os.replace(tmp, self.path)
 
     def check(self, key_type: str, header: bytes | None) -> bool:

@@ -35,8 +35,11 @@ class Snapshot:
         try:
             os.write(fd, body)
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         os.replace(tmp, self.path)
 
     def load(self) -> list[dict[str, Any]] | None:
