@@ -242,8 +242,11 @@ class WorkerProcess:
             while (msg := await ipc.read_frame(reader)) is not None:
                 if msg.get("op") == "result":
                     self._complete(msg)
-        except (ConnectionError, ipc.FrameError) as exc:
-            log.error("worker %s: broken connection: %s", self.id, exc)
+        except Exception as exc:  # a broken frame or message: the worker cannot be trusted
+            log.error("worker %s: broken connection: %s: %s", self.id, type(exc).__name__, exc)
+            self._kill_reason = f"protocol error ({exc}); "
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.kill()
         await self._died()
 
     async def _pump_output(self) -> None:
