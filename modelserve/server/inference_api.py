@@ -15,6 +15,7 @@ from modelserve.config import Settings
 from modelserve.errors import BadRequestError, ModelServeError, RequestTooLargeError
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
+from modelserve.server.openapi import document_bearer_auth, document_inference_routes
 from modelserve.server.responses import JSONResponse
 
 
@@ -104,5 +105,7 @@ def create_inference_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         app.add_route(path, predictions, methods=["POST", "PUT"])
     for path in ("/explanations/{model_name}", "/explanations/{model_name}/{model_version}"):
         app.add_route(path, explanations, methods=["POST", "PUT"])
-
+    document_inference_routes(app)
+    if not settings.disable_token_auth:
+        document_bearer_auth(app)
     return app
