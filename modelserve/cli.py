@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import typer
@@ -49,7 +50,8 @@ def _print_banner(settings: object, errors: list[str]) -> None:
     auth = ""
     if not settings.disable_token_auth:
         typer.echo(f"Token keys (inference, management): {settings.key_path}")
-        auth = "-H \"Authorization: Bearer $(modelserve key inference)\" "
+        auth = (f"-H \"Authorization: Bearer $({sys.executable} -m modelserve key inference "
+                f"--key-file {settings.key_path})\" ")
     typer.echo(
         f"Try: curl -s http://{host}:{settings.inference_port}/predictions/digits {auth}"
         f"-H 'Content-Type: application/json' -d '[{sample}]'"
@@ -110,6 +112,9 @@ def key(
         "inference", help="inference (port 8080), management (8081) or API (rotates keys)."),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="The config file the server was started with."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="The key file itself (default: key_file from the config, "
+        "else <workdir>/key_file.json)."),
 ) -> None:
     """Print a token key from the server's key file, for `Authorization: Bearer KEY`."""
     import json
@@ -117,8 +122,7 @@ def key(
     from modelserve.config import load_settings
 
     try:
-        settings = load_settings(config)
-        path = settings.key_path
+        path = key_file or load_settings(config).key_path
         data = json.loads(path.read_text())
         typer.echo(data[key_type]["key"])
     except FileNotFoundError as exc:

@@ -63,9 +63,13 @@ class KeyStore:
         self.keys = keys
         mode = stat.S_IMODE(self.path.stat().st_mode)
         if mode & 0o077:
-            os.chmod(self.path, 0o600)
-            log.warning("key file %s was readable by others (mode %o); set to 0600",
-                        self.path, mode)
+            try:
+                os.chmod(self.path, 0o600)
+                log.warning("key file %s was readable by others (mode %o); set to 0600",
+                            self.path, mode)
+            except OSError as exc:  # e.g. a read-only mounted secret
+                log.warning("key file %s is readable by others (mode %o) and cannot be "
+                            "changed: %s", self.path, mode, exc)
         log.info("token authorization: keys read from %s", self.path)
 
     def _write(self) -> None:
