@@ -132,3 +132,23 @@ def test_model_api_can_be_switched_off(model_store, tmp_path):
         assert httpx.post(f"{srv.inference}/predictions/echo", json=1).status_code == 200
     finally:
         srv.stop()
+
+
+def test_key_file_readable_by_others_is_made_owner_only(tmp_path):
+    from modelserve.server.auth import KeyStore
+
+    path = tmp_path / "key_file.json"
+    first = KeyStore(path).keys
+    path.chmod(0o644)
+    assert KeyStore(path).keys == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_corrupt_key_file_stops_the_server_with_a_clear_message(model_store, tmp_path):
+    srv = Server(tmp_path, model_store, [], auth=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "key_file.json").write_text('{"inference": {"key": "short"}}')
+    with pytest.raises(RuntimeError, match="exited early"):
+        srv.start(timeout=30)
+    assert srv.proc is not None and srv.proc.wait(10) == 2
+    assert "unreadable key file" in srv.log() and "delete it to get new keys" in srv.log()

@@ -72,10 +72,11 @@ class KeyStore:
                             "changed: %s", self.path, mode, exc)
         log.info("token authorization: keys read from %s", self.path)
 
-    def _write(self) -> None:
+    def _write(self, keys: dict[str, str] | None = None) -> None:
         """Atomically, and never readable by anyone but the owner, even for an instant."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = {t: {"key": self.keys[t]} for t in KEY_TYPES}
+        keys = keys or self.keys
+        body = {t: {"key": keys[t]} for t in KEY_TYPES}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -94,8 +95,10 @@ class KeyStore:
         return header is not None and hmac.compare_digest(header, expected)
 
     def rotate(self, key_type: str) -> str:
-        self.keys[key_type] = new_key()
-        self._write()
+        """A new key of ``key_type``; the old one stops working once the file is written."""
+        keys = {**self.keys, key_type: new_key()}
+        self._write(keys)  # raises OSError (e.g. a read-only secret) before anything changes
+        self.keys = keys
         log.info("token authorization: %s key rotated", key_type)
         return self.keys[key_type]
 
@@ -154,4 +157,10 @@ class TokenAuth:
             await _reply(send, 400, {"code": 400, "type": "BadRequestException",
                                      "message": "GET /token?type=inference|management"})
             return
-        await _reply(send, 200, {kind: {"key": self.keys.rotate(kind)}})
+        try:
+            key = self.keys.rotate(kind)
+        except OSError as exc:
+            await _reply(send, 500, {"code": 500, "type": "InternalServerException",
+                                     "message": f"cannot write the key file: {exc}"})
+            return
+        await _reply(send, 200, {kind: {"key": key}})
