@@ -257,3 +257,23 @@ def test_killing_the_frontend_leaves_no_orphan_worker(make_server):
             busy.result()
     wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=10)
 
+
+
+def test_management_body_over_max_request_size_is_413(make_server):
+    srv = make_server({"max_request_size": 1000})
+    big = {"url": "fault.mar", "model_name": "x" * 5000}
+    r = httpx.post(f"{srv.management}/models", json=big)
+    assert r.status_code == 413, r.text
+    assert r.json()["type"] == "RequestEntityTooLargeException"
+
+    def chunks():
+        yield b'{"url": "fault.mar", "model_name": "'
+        for _ in range(50):
+            yield b"y" * 100
+        yield b'"}'
+
+    r = httpx.post(f"{srv.management}/models", content=chunks(),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert "max_request_size" in r.json()["message"]
+    assert httpx.get(f"{srv.management}/models").status_code == 200

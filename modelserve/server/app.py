@@ -22,6 +22,7 @@ from modelserve.server.access_log import AccessLog
 from modelserve.server.auth import KeyStore, TokenAuth
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.inference_api import create_inference_app
+from modelserve.server.limits import BodyLimit
 from modelserve.server.management_api import create_management_app
 from modelserve.server.metrics import ServerMetrics
 from modelserve.server.metrics_api import StatusCounter, create_metrics_app
@@ -53,7 +54,7 @@ async def run_server(settings: Settings,
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics)
     inference: Any = create_inference_app(dataplane, settings)
-    management: Any = create_management_app(dataplane)
+    management: Any = BodyLimit(create_management_app(dataplane), settings.max_request_size)
     if not settings.disable_token_auth:
         try:
             keys = KeyStore(settings.key_path)

@@ -43,7 +43,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    type_, message = _STARLETTE_TYPES.get(exc.status_code, ("HttpException", str(exc.detail)))
+    type_, message = _STARLETTE_TYPES.get(exc.status_code, (
+        "RequestEntityTooLargeException" if exc.status_code == 413 else "HttpException",
+        str(exc.detail)))
     return error_response(exc.status_code, type_, message)
 
 
