@@ -141,6 +141,7 @@ def start_modelserve(store: Path, archive: str, work: Path) -> tuple:
         "inference_port": ports[0], "management_port": ports[1], "metrics_port": ports[2],
         "model_store": str(store), "load_models": [f"{archive[:-4]}={archive}"],
         "workdir": str(work / "ms"), "log_level": "warning",
+        "disable_token_auth": True,  # measure serving, not auth (tests/test_auth.py covers it)
     }))
     proc = subprocess.Popen([sys.executable, "-m", "modelserve", "start", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

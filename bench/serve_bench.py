@@ -122,13 +122,14 @@ def children(pid: int) -> list[int]:
 
 
 class ServerUnderTest:
-    def __init__(self, store: Path, model: str, workdir: Path) -> None:
+    def __init__(self, store: Path, model: str, workdir: Path,
+                 extra: dict | None = None) -> None:
         self.ports = [free_port() for _ in range(3)]
         config = {
             "inference_port": self.ports[0], "management_port": self.ports[1],
             "metrics_port": self.ports[2], "model_store": str(store),
             "load_models": [f"{model}={model}.mar"], "workdir": str(workdir / "work"),
-            "log_level": "warning",
+            "log_level": "warning", "disable_token_auth": True, **(extra or {}),
         }
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))

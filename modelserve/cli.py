@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import typer
@@ -49,8 +50,13 @@ def _print_banner(settings: object, errors: list[str]) -> None:
     for error in errors:
         typer.secho(f"failed to load {error}", fg=typer.colors.RED, err=True)
     sample = ",".join(str(v) for v in DIGIT_ZERO)
+    auth = ""
+    if not settings.disable_token_auth:
+        typer.echo(f"Token keys (inference, management): {settings.key_path}")
+        auth = (f"-H \"Authorization: Bearer $({sys.executable} -m modelserve key inference "
+                f"--key-file {settings.key_path})\" ")
     typer.echo(
-        f"Try: curl -s http://{host}:{settings.inference_port}/predictions/digits "
+        f"Try: curl -s http://{host}:{settings.inference_port}/predictions/digits {auth}"
         f"-H 'Content-Type: application/json' -d '[{sample}]'"
     )
     typer.echo("Press Ctrl-C to stop the server and its workers.")
@@ -75,6 +81,9 @@ def start(
     ts_config: Path | None = typer.Option(
         None, "--ts-config", help="A TorchServe config.properties to read (see "
         "docs/torchserve-config.md); the environment and flags still override it."),
+    disable_token_auth: bool = typer.Option(
+        False, "--disable-token-auth", help="Serve without bearer tokens (by default the "
+        "inference and management APIs need the keys in key_file; see `modelserve key`)."),
 ) -> None:
     """Start the server in the foreground; Ctrl-C stops it and every worker."""
     from modelserve.config import load_settings
@@ -88,6 +97,7 @@ def start(
             load_models=models or None, host=host, inference_port=inference_port,
             management_port=management_port, metrics_port=metrics_port,
             grpc_inference_port=grpc_inference_port, log_level=log_level,
+            disable_token_auth=True if disable_token_auth else None,
         )
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -100,6 +110,35 @@ def start(
         level = logging.INFO if ": ignored, " in warning else logging.WARNING
         logging.getLogger("modelserve.ts_config").log(level, "%s: %s", ts_config, warning)
     raise typer.Exit(run(settings, on_ready=_print_banner))
+
+
+@app.command()
+def key(
+    key_type: str = typer.Argument(
+        "inference", help="inference (port 8080), management (8081) or API (rotates keys)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The config file the server was started with."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="The key file itself (default: key_file from the config, "
+        "else <workdir>/key_file.json)."),
+) -> None:
+    """Print a token key from the server's key file, for `Authorization: Bearer KEY`."""
+    import json
+
+    from modelserve.config import load_settings
+
+    try:
+        path = key_file or load_settings(config).key_path
+        data = json.loads(path.read_text())
+        typer.echo(data[key_type]["key"])
+    except FileNotFoundError as exc:
+        typer.secho(f"error: {exc} (the server creates it at its first start, unless "
+                    "token auth is disabled)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        typer.secho(f"error: cannot read key {key_type!r}: {exc}", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -67,10 +67,49 @@ class Settings(BaseSettings):
         None, ge=1, description="Torch/ONNX threads per worker; default cores / workers."
     )
     workdir: Path = Field(Path(".modelserve"), description="Extracted archives live here.")
+    # -- security ---------------------------------------------------------------------------
+    disable_token_auth: bool = Field(
+        False, description="Serve without bearer tokens (TorchServe: "
+        "disable_token_authorization)."
+    )
+    key_file: Path | None = Field(
+        None, description="Token key file (0600), created at first start; default "
+        "<workdir>/key_file.json."
+    )
+    enable_model_api: bool = Field(
+        True, description="Allow POST/DELETE /models (register/unregister); false: 405."
+    )
+    max_archive_size: int = Field(
+        20 << 30, ge=1, description="Largest total extracted size of an archive, bytes."
+    )
+    max_archive_ratio: float = Field(
+        200.0, gt=1, description="Largest extracted/compressed size ratio (zip bombs)."
+    )
+    # -- reliability -------------------------------------------------------------------------
+    shutdown_grace_period: float = Field(
+        30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests."
+    )
+    drain_delay: float = Field(
+        0.0, ge=0, description="Seconds after SIGTERM the listeners keep accepting while "
+        "/ping answers 503 Draining."
+    )
+    model_snapshot: bool = Field(
+        True, description="Save registered models to <state_dir>/models.json and restore "
+        "them at start."
+    )
+    state_dir: Path | None = Field(None, description="Default <workdir>/state.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(
         False, description="Log every HTTP request as a JSON line (costs some throughput)."
     )
+
+    @property
+    def key_path(self) -> Path:
+        return self.key_file if self.key_file is not None else self.workdir / "key_file.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.workdir / "state"
 
     @classmethod
     def settings_customise_sources(

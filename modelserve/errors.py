@@ -12,6 +12,7 @@ class ModelServeError(Exception):
 
     status: int = 500
     type: str = "InternalServerException"
+    headers: dict[str, str] | None = None  # extra response headers (e.g. Retry-After)
 
     def __init__(self, message: str, *, status: int | None = None, type: str | None = None):
         super().__init__(message)
@@ -48,6 +49,17 @@ class RequestTooLargeError(ModelServeError):
 class ServiceUnavailableError(ModelServeError):
     status = 503
     type = "ServiceUnavailableException"
+
+
+class QueueFullError(ServiceUnavailableError):
+    """Overload: the model's queue is full. Clients should come back after Retry-After."""
+
+    headers = {"Retry-After": "1"}
+
+
+class MethodNotAllowedError(ModelServeError):
+    status = 405
+    type = "MethodNotAllowedException"
 
 
 class WorkerDiedError(ModelServeError):

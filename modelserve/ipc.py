@@ -45,12 +45,19 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def decode(payload: bytes | memoryview) -> dict[str, Any]:
-    return msgpack.unpackb(payload, raw=False)
-
-
 class FrameError(ConnectionError):
     """The peer sent something that is not a frame, or closed the connection mid-frame."""
+
+
+def decode(payload: bytes | memoryview) -> dict[str, Any]:
+    """The message in one payload; anything but a msgpack map is a FrameError."""
+    try:
+        message = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # msgpack raises several types (ExtraData, ValueError, ...)
+        raise FrameError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+    if not isinstance(message, dict):
+        raise FrameError(f"frame holds a {type(message).__name__}, not a map")
+    return message
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:

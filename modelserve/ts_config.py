@@ -260,6 +260,8 @@ _MAPPED: dict[str, tuple[str, _Converter]] = {
     "default_response_timeout": ("response_timeout", _seconds),
     "default_startup_timeout": ("startup_timeout", _seconds),
     "models": ("models", _models),
+    "disable_token_authorization": ("disable_token_auth", _boolean),
+    "enable_model_api": ("enable_model_api", _boolean),
 }
 
 # -- listener addresses ---------------------------------------------------------------------
@@ -394,7 +396,6 @@ _NETTY = _harmless("the frontend is one asyncio event loop (uvicorn); no Netty t
 _NETTY_IO = _harmless("Netty I/O setting; the frontend runs on uvloop")
 _SNAPSHOT_FIELD = _harmless("written by TorchServe into its snapshots; informational")
 _NO_SYSTEM_METRICS = "TorchServe's system metrics (CPU, memory, disk, GPU) are not collected here"
-_NO_TOKENS = "modelserve has no token authorization: every API answers without a token"
 _TLS = _unsupported("modelserve has no TLS; terminate TLS in a proxy in front")
 _GRPC = _unsupported("TorchServe's gRPC APIs are not served (modelserve's OIP v2 gRPC "
                       "has its own grpc_inference_port setting)")
@@ -422,7 +423,8 @@ _IGNORED: dict[str, _Rule] = {
     "cpp_log_config": _harmless("there is no C++ backend here"),
     "unregister_model_timeout": _harmless("unregistering gives each worker modelserve's own "
                                           "grace period to finish its batches"),
-    "snapshot_store": _harmless("modelserve writes no config snapshots"),
+    "snapshot_store": _harmless("modelserve keeps its own snapshot (state_dir/models.json), "
+                                "not TorchServe's config snapshots"),
     "tsConfigFile": _SNAPSHOT_FIELD,
     "version": _SNAPSHOT_FIELD,
     "use_env_allowed_urls": _harmless("TS_ALLOWED_URLS is never read here (note: "
@@ -457,7 +459,7 @@ _IGNORED: dict[str, _Rule] = {
     "ts_header_key_sequence_id": _SEQUENCE,
     "ts_header_key_sequence_start": _SEQUENCE,
     "ts_header_key_sequence_end": _SEQUENCE,
-    # Security: modelserve has no TLS, tokens, CORS or environment filter.
+    # Security: modelserve has no TLS, CORS or environment filter.
     "keystore": _TLS,
     "keystore_pass": _TLS,
     "keystore_type": _TLS,
@@ -466,12 +468,8 @@ _IGNORED: dict[str, _Rule] = {
     "cors_allowed_origin": _CORS,
     "cors_allowed_methods": _CORS,
     "cors_allowed_headers": _CORS,
-    "disable_token_authorization": _depends(_java_bool, _NO_TOKENS + ", so keep the ports "
-                                            "private or authenticate in a proxy"),
-    "token_expiration_min": _unsupported(_NO_TOKENS),
-    "enable_model_api": _depends(_java_bool, "registering and unregistering (POST/DELETE "
-                                 "/models) are always enabled here; keep management_port "
-                                 "private"),
+    "token_expiration_min": _harmless("modelserve's keys do not expire; rotate them with "
+                                      "GET /token?type= and the API key"),
     "blacklist_env_vars": _depends(_when_empty, "workers inherit the server's whole "
                                    "environment; unset secrets before starting modelserve"),
     "enable_envvars_config": _depends(_when_false, "TS_<KEY> environment variables are never "
@@ -489,8 +487,8 @@ _IGNORED: dict[str, _Rule] = {
     "plugins_path": _unsupported("TorchServe's Java plugins (endpoints, snapshot "
                                  "serializers) cannot load here"),
     "workflow_store": _unsupported("modelserve serves no workflows (.war archives)"),
-    "model_snapshot": _unsupported("snapshots are not restored, so the models it lists are "
-                                   "not loaded; name them in load_models"),
+    "model_snapshot": _unsupported("TorchServe's snapshots are not read (modelserve keeps "
+                                   "its own); name the models in load_models"),
     "grpc_inference_address": _GRPC,
     "grpc_management_address": _GRPC,
     "grpc_inference_port": _GRPC,

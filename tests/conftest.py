@@ -84,6 +84,8 @@ class Server:
     extra_config: dict = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    # Token auth is off in tests unless a test opts in (tests/test_auth.py).
+    auth: bool = False
 
     def __post_init__(self) -> None:
         self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc")}
@@ -109,7 +111,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSERVE_")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelserve", "start", "--config", str(config_path),
-             *self.extra_args],
+             *([] if self.auth else ["--disable-token-auth"]), *self.extra_args],
             stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout

@@ -522,6 +522,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
                          "effect": "NoSchedule"}],
         "env": [{"name": "MODELSERVE_LOG_LEVEL", "value": "debug"}],
+        "auth": {"existingSecret": "modelserve-keys"},
         "modelStore": {"volume": {"emptyDir": None,
                                   "persistentVolumeClaim": {"claimName": "models",
                                                             "readOnly": True}},
@@ -559,6 +560,24 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], list[
     values = VALUE_SETS[request.param]
     objects = render.manifests(render.render_chart(CHART, values, release="prod"))
     return request.param, render.merge(load_yaml(CHART / "values.yaml"), values), objects
+
+
+def test_chart_mounts_a_shared_key_file(rendered: tuple[str, dict, list[dict]]) -> None:
+    """auth.existingSecret: every pod reads the same key_file.json, owner-read-only."""
+    name, values, objects = rendered
+    [deploy] = [o for o in objects if o["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    secret = values["auth"]["existingSecret"]
+    if not secret:
+        assert "MODELSERVE_KEY_FILE" not in env
+        return
+    assert env["MODELSERVE_KEY_FILE"] == "/etc/modelserve-keys/key_file.json"
+    [volume] = [v for v in pod["volumes"] if v["name"] == "keys"]
+    assert volume["secret"] == {"secretName": secret, "defaultMode": 0o400}
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "keys"]
+    assert mount == {"name": "keys", "mountPath": "/etc/modelserve-keys", "readOnly": True}
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

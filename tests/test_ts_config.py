@@ -276,10 +276,7 @@ def test_every_ignored_key_warns_once_naming_it(tmp_path, key):
     ("decode_input_request=false", "not supported"),
     ("enable_envvars_config=false", "ignored"),
     ("enable_envvars_config=true", "not supported"),
-    ("disable_token_authorization=true", "ignored"),
-    ("disable_token_authorization=false", "not supported"),
-    ("enable_model_api=true", "ignored"),
-    ("enable_model_api=false", "not supported"),
+    ("token_expiration_min=60", "ignored"),
     ("number_of_gpu=1", "not supported"),
     ("cors_allowed_origin=*", "not supported"),
     ("grpc_inference_port=7070", "not supported"),
@@ -404,13 +401,14 @@ def test_realistic_config_validates(tmp_path, monkeypatch):
     assert settings.install_py_dep_per_model is True
     assert settings.allowed_urls == ["https://s3.amazonaws.com/.*",
                                      "https://torchserve.pytorch.org/.*"]
+    assert settings.disable_token_auth is True and settings.enable_model_api is True
     assert settings.models["vgg16"]["1.0"] == {
         "defaultVersion": True, "marName": "vgg16.mar", "minWorkers": 1, "maxWorkers": 4,
         "batchSize": 8, "maxBatchDelay": 100, "responseTimeout": 120,
     }
     ignored = {"grpc_inference_port", "grpc_management_port", "number_of_netty_threads",
                "netty_client_threads", "enable_metrics_api", "metrics_mode",
-               "disable_token_authorization", "enable_model_api", "async_logging", "vmargs"}
+               "async_logging", "vmargs"}
     assert {w.split(":")[0].split("=")[0] for w in config.warnings} == ignored
     assert len(config.warnings) == len(ignored)
 

@@ -1,7 +1,9 @@
 """Run the listeners (inference, management, metrics; OIP v2 gRPC) on one event loop.
 
 The listeners come up first, so /ping answers (Unhealthy) while the startup models load.
-SIGINT/SIGTERM stop the listeners, then every worker process.
+SIGINT/SIGTERM drain: readiness turns false (/ping 503 "Draining"), the listeners keep
+accepting for ``drain_delay`` seconds, then stop accepting; in-flight requests get up to
+``shutdown_grace_period`` seconds to finish; then every worker process is stopped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import uvicorn
 
 from modelserve.config import Settings
 from modelserve.server.access_log import AccessLog
+from modelserve.server.auth import KeyStore, TokenAuth
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.inference_api import create_inference_app
+from modelserve.server.limits import BodyLimit
 from modelserve.server.management_api import create_management_app
 from modelserve.server.metrics import ServerMetrics
 from modelserve.server.metrics_api import StatusCounter, create_metrics_app
@@ -41,7 +45,7 @@ def _listener(app: Any, settings: Settings, port: int) -> _Listener:
         app, host=settings.host, port=port, http="httptools", loop="none", lifespan="off",
         log_level=settings.log_level, access_log=False, server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_period)),
     )
     return _Listener(config)
 
@@ -52,10 +56,23 @@ async def run_server(settings: Settings,
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics)
     v2 = V2Core(dataplane)
+    inference: Any = create_inference_app(dataplane, settings, v2)
+    management: Any = BodyLimit(create_management_app(dataplane), settings.max_request_size)
+    keys: KeyStore | None = None
+    if not settings.disable_token_auth:
+        try:
+            keys = KeyStore(settings.key_path)
+        except (OSError, ValueError) as exc:
+            log.error("token authorization: %s", exc)
+            return 2
+        inference = TokenAuth(inference, keys, "inference")
+        management = TokenAuth(management, keys, "management")
+    else:
+        log.warning("token authorization is disabled: anyone who can reach the ports can "
+                    "call every API")
     apps: list[tuple[Any, int]] = [
-        (StatusCounter(create_inference_app(dataplane, settings, v2), metrics),
-         settings.inference_port),
-        (create_management_app(dataplane), settings.management_port),
+        (StatusCounter(inference, metrics), settings.inference_port),
+        (management, settings.management_port),
         (create_metrics_app(metrics), settings.metrics_port),
     ]
     listeners = [
@@ -69,6 +86,7 @@ async def run_server(settings: Settings,
 
     tasks = [asyncio.create_task(s.serve()) for s in listeners]
     grpc_server = None
+    deadline = loop.time()  # when in-flight work must be done, set at the stop signal
     try:
         if settings.grpc_inference_port:
             try:
@@ -90,15 +108,22 @@ async def run_server(settings: Settings,
             on_ready(settings, loading.result())
         await stopped
         loading.cancel()
-        log.info("shutting down")
+        dataplane.draining = True
+        deadline = loop.time() + settings.drain_delay + settings.shutdown_grace_period
+        log.info("draining: readiness is false; in-flight requests get %gs to finish",
+                 settings.shutdown_grace_period)
+        if settings.drain_delay:
+            await asyncio.sleep(settings.drain_delay)
         return 0
     finally:
+        dataplane.draining = True
         for s in listeners:
             s.should_exit = True
         if grpc_server is not None:
             await grpc_server.stop(grace=5)
         await asyncio.gather(*tasks, return_exceptions=True)
-        await dataplane.shutdown()
+        await dataplane.shutdown(grace=max(0.0, deadline - loop.time()))
+        log.info("stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

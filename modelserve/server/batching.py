@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 
-from modelserve.errors import ServiceUnavailableError
+from modelserve.errors import QueueFullError, ServiceUnavailableError
 from modelserve.server.jobs import Job
 from modelserve.server.pool import WorkerPool
 
@@ -55,11 +55,16 @@ class Batcher:
                 "Please use scale workers API to add workers."
             )
         if len(self.pending) >= self.queue_size:
-            raise ServiceUnavailableError(
+            raise QueueFullError(
                 f'Model "{self.name}" has {self.queue_size} requests queued (job_queue_size); '
                 "retry later"
             )
         self.pending.append(job)
+        self._wake.set()
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put already-admitted jobs (a dead worker's) back at the head, in their order."""
+        self.pending.extendleft(reversed(jobs))
         self._wake.set()
 
     async def _wait(self, timeout: float | None) -> None:

@@ -17,10 +17,13 @@ import orjson
 
 from modelserve.archive import Archive, ArchiveError, open_archive
 from modelserve.archive.fetch import resolve_archive
+from modelserve.archive.reader import Limits, check_member
 from modelserve.archive.requirements import RequirementsError, install_requirements
 from modelserve.config import ModelConfig, Settings
 from modelserve.errors import (
     BadRequestError,
+    ConflictError,
+    MethodNotAllowedError,
     ModelServeError,
     ServiceUnavailableError,
 )
@@ -30,6 +33,7 @@ from modelserve.server.metrics import ServerMetrics
 from modelserve.server.pool import WorkerPool, cpu_count
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelRegistry, ModelVersion
+from modelserve.server.snapshot import Snapshot
 from modelserve.server.streaming import Stream
 from modelserve.server.workers import WorkerSpec
 
@@ -52,6 +56,8 @@ class DataPlane:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[Any]] = set()
         metrics.processes.versions = self.registry.all
+        self.draining = False  # set at SIGTERM: readiness turns false, liveness stays true
+        self.snapshot = Snapshot(settings.state_path) if settings.model_snapshot else None
 
     # -- inference (hot path) ----------------------------------------------------------------
     async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
@@ -107,12 +113,32 @@ class DataPlane:
             stream.close()
 
     def is_healthy(self) -> bool:
-        """TorchServe's /ping: every default version has its minimum of ready workers."""
+        """TorchServe's /ping: every default version has its minimum of ready workers, and
+        none is crash-looping."""
         for name in self.registry.names():
-            mv = self.registry.get(name)
-            if mv.pool.ready_count < mv.pool.target:
+            if self.registry.get(name).pool.health != "Healthy":
                 return False
         return True
+
+    def is_live(self) -> bool:
+        """Liveness: the frontend answers. True while loading, draining or crash-looping."""
+        return True
+
+    def is_ready(self) -> bool:
+        """Server readiness: not draining, and every model healthy (see is_healthy)."""
+        return not self.draining and self.is_healthy()
+
+    def is_model_ready(self, name: str, version: str | None = None) -> bool:
+        """A model version can take requests now: registered, not draining, not
+        crash-looping, and at least one ready worker and its minimum of them."""
+        if self.draining:
+            return False
+        try:
+            mv = self.registry.get(name, version)
+        except ModelServeError:
+            return False
+        pool = mv.pool
+        return pool.ready_count > 0 and pool.health == "Healthy"
 
     # -- management --------------------------------------------------------------------------
     def _threads(self) -> int:
@@ -125,11 +151,26 @@ class DataPlane:
     async def register(self, req: RegisterRequest,
                        loaded_at_startup: bool = False) -> tuple[int, str]:
         """Register an archive; returns (HTTP status, message) as TorchServe words them."""
+        self._check_model_api()
         mv = await self._add(req, loaded_at_startup)
-        return await self._start_workers(mv, req.synchronous)
+        try:
+            return await self._start_workers(mv, req.synchronous)
+        finally:
+            self.save_state()
+
+    def _check_model_api(self) -> None:
+        if not self.settings.enable_model_api:
+            raise MethodNotAllowedError(
+                "Registering and unregistering models is disabled (enable_model_api: false)")
 
     async def _add(self, req: RegisterRequest, loaded_at_startup: bool) -> ModelVersion:
         """Open the archive and enter the version in the registry, without workers yet."""
+        if req.handler is not None:
+            try:
+                check_member(req.handler.split(":")[0])
+            except ArchiveError:
+                raise BadRequestError(f"handler {req.handler!r} must be a built-in name or a "
+                                      "file inside the archive") from None
         if req.runtime is not None and req.runtime not in ("python", "python3"):
             raise BadRequestError(f"Invalid RuntimeType value: {req.runtime} "
                                   "(modelserve runs python handlers)")
@@ -137,7 +178,8 @@ class DataPlane:
         path = await asyncio.to_thread(resolve_archive, req.url, s.model_store, s.workdir,
                                        s.allowed_urls)
         try:
-            archive = await asyncio.to_thread(open_archive, path, s.workdir)
+            archive = await asyncio.to_thread(
+                open_archive, path, s.workdir, Limits(s.max_archive_size, s.max_archive_ratio))
         except ArchiveError as exc:
             raise BadRequestError(f"invalid model archive {req.url}: {exc}") from None
         name = req.model_name or archive.name
@@ -228,6 +270,7 @@ class DataPlane:
         pool = WorkerPool(spec, self._threads, on_change, on_batch_done)
         batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
                           config.job_queue_size, queue_timeout_s=config.response_timeout)
+        pool.requeue = batcher.requeue
         return ModelVersion(name, version, req.url, archive, config, pool, batcher, metrics,
                             loaded_at_startup)
 
@@ -240,6 +283,7 @@ class DataPlane:
             raise BadRequestError("max_worker cannot be less than min_worker.")
         mv.config.min_workers = min_worker
         mv.config.max_workers = max(max_worker or min_worker, min_worker)
+        self.save_state()
         if not synchronous:
             self._in_background(self._scale_or_log(mv, min_worker))
             return 202, "Processing worker updates..."
@@ -253,22 +297,25 @@ class DataPlane:
         return 200, f"Workers scaled to {min_worker} for model: {name}{suffix}"
 
     async def unregister(self, name: str, version: str | None) -> str:
+        self._check_model_api()
         async with self._locks[name]:
             mv = self.registry.remove(name, version)
+        self.save_state()
         await self._discard(mv)
         return f'Model "{name}" unregistered'
 
-    async def _discard(self, mv: ModelVersion) -> None:
+    async def _discard(self, mv: ModelVersion, grace: float = 30.0) -> None:
         try:
             self.registry.remove(mv.name, mv.version)
         except ModelServeError:
             pass  # already removed
         await mv.batcher.close(ServiceUnavailableError(f'Model "{mv.name}" was unregistered'))
-        await mv.pool.close()
+        await mv.pool.close(grace)
         self.metrics.forget(mv.name, mv.version)
 
     def set_default(self, name: str, version: str) -> str:
         self.registry.set_default(name, version)
+        self.save_state()
         return f'Default version successfully updated for model "{name}" to "{version}"'
 
     async def describe(self, name: str, version: str | None,
@@ -333,14 +380,69 @@ class DataPlane:
                 entries.append((None, item.strip()))
         return entries
 
+    # -- state snapshot ----------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Write the registry to the snapshot (no-op when snapshots are off or draining)."""
+        if self.snapshot is None or self.draining:
+            return
+        models = []
+        for name in self.registry.names():
+            default = self.registry.default_version(name)
+            for mv in self.registry.versions(name):
+                cfg = mv.config
+                models.append({
+                    "name": name, "version": mv.version, "url": mv.url,
+                    "handler": mv.pool.spec.handler, "default": mv.version == default,
+                    "workers": cfg.min_workers, "max_workers": cfg.max_workers,
+                    "batch_size": cfg.batch_size, "max_batch_delay": cfg.max_batch_delay,
+                    "response_timeout": cfg.response_timeout,
+                    "startup_timeout": cfg.startup_timeout,
+                    "loaded_at_startup": mv.loaded_at_startup,
+                })
+        try:
+            self.snapshot.save(models)
+        except OSError as exc:
+            log.error("could not save the model snapshot %s: %s", self.snapshot.path, exc)
+
+    def _startup_requests(self) -> list[tuple[RegisterRequest, dict[str, Any]]]:
+        """What to register at start: the snapshot's models when there is one (load_models
+        is then ignored, as TorchServe does), else load_models."""
+        saved = self.snapshot.load() if self.snapshot is not None else None
+        if saved is None:
+            return [(RegisterRequest(url=url, model_name=name), {"loaded_at_startup": True})
+                    for name, url in self.startup_archives()]
+        log.info("restoring %d model version(s) from %s (load_models is ignored while a "
+                 "snapshot exists)", len(saved), self.snapshot and self.snapshot.path)
+        out = []
+        for entry in saved:
+            try:
+                req = RegisterRequest(
+                    url=entry["url"], model_name=entry["name"], handler=entry.get("handler"),
+                    batch_size=entry.get("batch_size"),
+                    max_batch_delay=entry.get("max_batch_delay"),
+                    initial_workers=entry.get("workers"),
+                    response_timeout=entry.get("response_timeout"),
+                    startup_timeout=entry.get("startup_timeout"),
+                )
+            except ValueError as exc:
+                log.error("snapshot entry %s is invalid, skipped: %s", entry.get("name"), exc)
+                continue
+            out.append((req, entry))
+        return out
+
     async def load_startup_models(self) -> list[str]:
-        """Register the configured models; returns error messages (others still load)."""
+        """Register the snapshot's or the configured models; returns error messages (the
+        others still load)."""
         errors: list[str] = []
         added: list[ModelVersion] = []
-        for name, url in self.startup_archives():
+        defaults: dict[str, str] = {}
+        for req, entry in self._startup_requests():
+            url = req.url
             try:
-                mv = await self._add(RegisterRequest(url=url, model_name=name),
-                                     loaded_at_startup=True)
+                mv = await self._add(req, loaded_at_startup=entry.get("loaded_at_startup", False))
+            except ConflictError as exc:
+                errors.append(f"{url}: {exc.message}")
+                continue
             except ModelServeError as exc:
                 errors.append(f"{url}: {exc.message}")
                 continue
@@ -348,7 +450,16 @@ class DataPlane:
                 errors.append(f"{url}: {exc}")
                 continue
             mv.pool.target = mv.config.min_workers  # so thread counts see every worker
+            if "max_workers" in entry:
+                mv.config.max_workers = max(entry["max_workers"], mv.config.min_workers)
+            if entry.get("version") not in (None, mv.version):
+                log.warning("snapshot: %s is now version %s of %s (the snapshot had %s)",
+                            url, mv.version, mv.name, entry["version"])
+            if entry.get("default"):
+                defaults[mv.name] = mv.version
             added.append(mv)
+        for name, version in defaults.items():
+            self.registry.set_default(name, version)
 
         async def start(mv: ModelVersion) -> None:
             try:
@@ -359,9 +470,12 @@ class DataPlane:
         await asyncio.gather(*(start(mv) for mv in added))
         for error in errors:
             log.error("could not load %s", error)
+        self.save_state()
         return errors
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float = 30.0) -> None:
+        """Stop every model; workers get ``grace`` seconds to finish in-flight batches."""
+        self.draining = True
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*(self._discard(mv) for mv in self.registry.all()))
+        await asyncio.gather(*(self._discard(mv, grace) for mv in self.registry.all()))

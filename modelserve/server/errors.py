@@ -21,13 +21,15 @@ _STARLETTE_TYPES = {
 }
 
 
-def error_response(status: int, type_: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": status, "type": type_, "message": message}, status_code=status)
+def error_response(status: int, type_: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": status, "type": type_, "message": message}, status_code=status,
+                        headers=headers)
 
 
 async def _modelserve_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ModelServeError)
-    return error_response(exc.status, exc.type, exc.message)
+    return error_response(exc.status, exc.type, exc.message, exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -41,7 +43,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    type_, message = _STARLETTE_TYPES.get(exc.status_code, ("HttpException", str(exc.detail)))
+    type_, message = _STARLETTE_TYPES.get(exc.status_code, (
+        "RequestEntityTooLargeException" if exc.status_code == 413 else "HttpException",
+        str(exc.detail)))
     return error_response(exc.status_code, type_, message)
 
 

@@ -18,6 +18,7 @@ from modelserve.errors import BadRequestError, ModelServeError, RequestTooLargeE
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
 from modelserve.server.jobs import Result
+from modelserve.server.openapi import document_bearer_auth, document_inference_routes
 from modelserve.server.responses import JSONResponse
 from modelserve.server.streaming import StreamingAnswer, wants_sse
 from modelserve.server.v2.core import V2Core
@@ -64,7 +65,11 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
-        """Healthy when every model has its minimum of ready workers (TorchServe's rule)."""
+        """Healthy when every model has its minimum of ready workers and none is
+        crash-looping (TorchServe's rule; 500 Unhealthy otherwise); 503 Draining after
+        SIGTERM. Needs no token."""
+        if dataplane.draining:
+            return JSONResponse({"status": "Draining"}, status_code=503)
         if dataplane.is_healthy():
             return JSONResponse({"status": "Healthy"})
         return JSONResponse({"status": "Unhealthy"}, status_code=500)
@@ -114,5 +119,7 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
     from modelserve.server.v2.rest import add_v2_routes  # imports read_body from here
 
     add_v2_routes(app, v2 or V2Core(dataplane), limit, max_response)
-
+    document_inference_routes(app)
+    if not settings.disable_token_auth:
+        document_bearer_auth(app)
     return app

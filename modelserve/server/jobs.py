@@ -30,6 +30,7 @@ class Job:
     arrival: float = field(default_factory=time.perf_counter)
     dispatched: float = 0.0
     v2: dict[str, Any] | None = None  # an OIP v2 request's tensors (InferRequest.wire())
+    retried: bool = False  # set when its worker died and it was sent to another one
 
     def wire(self) -> list[object]:
         """The job as the worker reads it (see modelserve.ipc)."""

@@ -9,6 +9,7 @@ from fastapi import Body, FastAPI, Query
 from modelserve import __version__
 from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
+from modelserve.server.openapi import document_bearer_auth
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.responses import JSONResponse, status_response
 
@@ -81,4 +82,6 @@ def create_management_app(dataplane: DataPlane) -> FastAPI:
         """Unregister one version and stop its workers."""
         return status_response(200, await dataplane.unregister(model_name, model_version))
 
+    if not dataplane.settings.disable_token_auth:
+        document_bearer_auth(app)
     return app

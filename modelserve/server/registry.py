@@ -30,7 +30,7 @@ class ModelVersion:
     def describe(self) -> dict[str, Any]:
         """TorchServe's describe-model fields (those that apply here)."""
         cfg = self.config
-        return {
+        out: dict[str, Any] = {
             "modelName": self.name,
             "modelVersion": self.version,
             "modelUrl": self.url,
@@ -60,7 +60,14 @@ class ModelVersion:
                 "remainingCapacity": cfg.job_queue_size - len(self.batcher.pending),
                 "pendingRequests": len(self.batcher.pending),
             },
+            # modelserve's additions: Healthy | Loading | Unhealthy (crash loop), restarts,
+            # and how the last worker died.
+            "health": self.pool.health,
+            "workerRestarts": self.pool.restarts,
         }
+        if self.pool.last_death:
+            out["lastWorkerDeath"] = self.pool.last_death
+        return out
 
 
 class ForbiddenError(ModelServeError):

@@ -89,6 +89,11 @@ async def spawn_process(argv: list[str], fd: int,
     )
 
 
+def _fail_all(jobs: list[Job], err: ModelServeError) -> None:
+    for job in jobs:
+        job.fail(err)
+
+
 class WorkerProcess:
     """One worker: its process, socket, in-flight batches and state."""
 
@@ -115,6 +120,11 @@ class WorkerProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.on_batch_done: Callable[[list[Job], float, list[Any]], None] | None = None
+        # Called with the in-flight jobs of a worker that died, and the error they would get;
+        # the pool retries them on another worker or fails them (default: fail).
+        self.on_orphans: Callable[[list[Job], ModelServeError], None] = _fail_all
+        self.death_cause = ""
+        self._kill_reason = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -209,6 +219,8 @@ class WorkerProcess:
             job.fail(err)
         streaming.fail(self._streams.pop(batch_id, None), err)
         if self._proc is not None and self._proc.returncode is None:
+            self._kill_reason = (f"recycled after exceeding response_timeout "
+                                 f"{self.spec.response_timeout:g}s; ")
             self._proc.kill()  # the reader sees EOF and the pool replaces the worker
 
     def _chunk(self, msg: dict[str, Any]) -> None:
@@ -265,8 +277,11 @@ class WorkerProcess:
                     self._complete(msg)
                 elif op == "chunk":
                     self._chunk(msg)
-        except (ConnectionError, ipc.FrameError) as exc:
-            log.error("worker %s: broken connection: %s", self.id, exc)
+        except Exception as exc:  # a broken frame or message: the worker cannot be trusted
+            log.error("worker %s: broken connection: %s: %s", self.id, type(exc).__name__, exc)
+            self._kill_reason = f"protocol error ({exc}); "
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.kill()
         await self._died()
 
     async def _pump_output(self) -> None:
@@ -287,6 +302,7 @@ class WorkerProcess:
             how = f"killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exit code {code}"
+        how = self._kill_reason + how
         tail = " | ".join(list(self.stderr_tail)[-5:])
         return f"{how}; last output: {tail}" if tail else how
 
@@ -295,19 +311,20 @@ class WorkerProcess:
         self.status = "STOPPED" if was_stopping else "DEAD"
         if self._writer is not None:
             self._writer.close()
-        cause = await self._death_cause()
-        if self.inflight:
-            err = WorkerDiedError(f"worker for model {self.spec.model_name} died ({cause})")
-            for jobs in self.inflight.values():
-                for job in jobs:
-                    job.fail(err)
-            self.inflight.clear()
-            for streams in self._streams.values():
-                streaming.fail(streams, err)
-            self._streams.clear()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        cause = self.death_cause = await self._death_cause()
+        if self.inflight:
+            err = WorkerDiedError(
+                f"worker {self.id} (pid {self.pid}) for model {self.spec.model_name} died "
+                f"({cause})")
+            orphans = [job for jobs in self.inflight.values() for job in jobs]
+            self.inflight.clear()
+            for streams in self._streams.values():  # begun streams cannot be retried
+                streaming.fail(streams, err)
+            self._streams.clear()
+            self.on_orphans(orphans, err)
         if not was_stopping:
             log.error("worker %s (pid %s) of %s died: %s",
                       self.id, self.pid, self.spec.model_name, cause)

@@ -152,8 +152,25 @@ class Worker:
             return self.streamer.run_list(results, ctx)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker if the frontend dies, even by SIGKILL, so a
+    worker busy in a long batch (not reading its socket) is never left an orphan."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    _die_with_parent()
     # Ctrl-C and a group-wide SIGTERM (systemd, `timeout`) are the frontend's to handle: it
     # drains and stops its workers; if the frontend dies, the socket closes and we exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,154 @@
+"""Token authorization over real HTTP: on by default, keys in a 0600 key file, 401 without
+them, rotation, persistence across restarts; enable_model_api."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+DENIED = {"code": 401, "type": "InvalidKeyException",
+          "message": "Token Authorization failed. Token either incorrect, expired, or not "
+                     "provided correctly"}
+
+
+@pytest.fixture
+def auth_server(model_store: Path, tmp_path: Path):
+    srv = Server(tmp_path, model_store, ["echo.mar"], auth=True)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def keys(srv: Server) -> dict:
+    return json.loads((srv.root / "work" / "key_file.json").read_text())
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_key_file_is_owner_only_with_torchserve_shape(auth_server):
+    path = auth_server.root / "work" / "key_file.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    data = keys(auth_server)
+    assert set(data) == {"inference", "management", "API"}
+    values = [data[k]["key"] for k in data]
+    assert len(set(values)) == 3 and all(len(v) >= 40 for v in values)
+    assert str(path) in auth_server.log()  # the banner says where the keys are
+
+
+def test_inference_needs_the_inference_key(auth_server):
+    url = f"{auth_server.inference}/predictions/echo"
+    k = keys(auth_server)
+    for headers in ({}, bearer("wrong"), bearer(k["management"]["key"]),
+                    {"Authorization": k["inference"]["key"]},  # no "Bearer "
+                    bearer(k["inference"]["key"] + "x")):
+        r = httpx.post(url, json={"a": 1}, headers=headers)
+        assert r.status_code == 401, headers
+        assert r.json() == DENIED
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    r = httpx.post(url, json={"a": 1}, headers=bearer(k["inference"]["key"]))
+    assert r.status_code == 200 and r.json()["echo"] == {"a": 1}
+
+
+def test_management_needs_the_management_key(auth_server):
+    k = keys(auth_server)
+    url = f"{auth_server.management}/models"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers=bearer(k["inference"]["key"])).status_code == 401
+    r = httpx.post(url, params={"url": "digits.mar"}, headers=bearer(k["inference"]["key"]))
+    assert r.status_code == 401
+    r = httpx.get(url, headers=bearer(k["management"]["key"]))
+    assert r.status_code == 200 and r.json()["models"][0]["modelName"] == "echo"
+
+
+def test_open_paths_need_no_key(auth_server):
+    assert httpx.get(f"{auth_server.inference}/ping").json() == {"status": "Healthy"}
+    assert httpx.get(f"{auth_server.inference}/api-description").status_code == 200
+    assert httpx.request("OPTIONS", f"{auth_server.management}/").status_code == 200
+    assert httpx.get(f"{auth_server.metrics}/metrics").status_code == 200
+
+
+def test_api_key_rotates_a_key(auth_server):
+    old = keys(auth_server)
+    url = f"{auth_server.management}/token"
+    assert httpx.get(url, params={"type": "inference"},
+                     headers=bearer(old["management"]["key"])).status_code == 401
+    r = httpx.get(url, params={"type": "inference"}, headers=bearer(old["API"]["key"]))
+    assert r.status_code == 200
+    new = r.json()["inference"]["key"]
+    assert new != old["inference"]["key"] and keys(auth_server)["inference"]["key"] == new
+    predict = f"{auth_server.inference}/predictions/echo"
+    assert httpx.post(predict, json=1, headers=bearer(old["inference"]["key"])).status_code \
+        == 401
+    assert httpx.post(predict, json=1, headers=bearer(new)).status_code == 200
+    assert httpx.get(url, params={"type": "API"},
+                     headers=bearer(old["API"]["key"])).status_code == 400
+
+
+def test_keys_survive_a_restart_and_cli_prints_them(auth_server):
+    before = keys(auth_server)
+    auth_server.stop()
+    auth_server.start()
+    assert keys(auth_server) == before
+    out = subprocess.run(
+        [sys.executable, "-m", "modelserve", "key", "management", "--config",
+         str(auth_server.root / "config.yaml")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == before["management"]["key"]
+
+
+def test_disable_token_auth_setting(model_store, tmp_path):
+    srv = Server(tmp_path, model_store, ["echo.mar"], auth=True,
+                 extra_config={"disable_token_auth": True})
+    srv.start()
+    try:
+        assert httpx.post(f"{srv.inference}/predictions/echo", json=1).status_code == 200
+        assert httpx.get(f"{srv.management}/models").status_code == 200
+        assert not (tmp_path / "work" / "key_file.json").exists()
+        assert "token authorization is disabled" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_model_api_can_be_switched_off(model_store, tmp_path):
+    srv = Server(tmp_path, model_store, ["echo.mar"], extra_config={"enable_model_api": False})
+    srv.start()
+    try:
+        r = httpx.post(f"{srv.management}/models", params={"url": "digits.mar"})
+        assert r.status_code == 405 and "enable_model_api" in r.json()["message"]
+        assert httpx.delete(f"{srv.management}/models/echo").status_code == 405
+        assert httpx.get(f"{srv.management}/models/echo").status_code == 200
+        r = httpx.put(f"{srv.management}/models/echo", params={"min_worker": 1,
+                                                                "synchronous": "true"})
+        assert r.status_code == 200
+        assert httpx.post(f"{srv.inference}/predictions/echo", json=1).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_key_file_readable_by_others_is_made_owner_only(tmp_path):
+    from modelserve.server.auth import KeyStore
+
+    path = tmp_path / "key_file.json"
+    first = KeyStore(path).keys
+    path.chmod(0o644)
+    assert KeyStore(path).keys == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_corrupt_key_file_stops_the_server_with_a_clear_message(model_store, tmp_path):
+    srv = Server(tmp_path, model_store, [], auth=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "key_file.json").write_text('{"inference": {"key": "short"}}')
+    with pytest.raises(RuntimeError, match="exited early"):
+        srv.start(timeout=30)
+    assert srv.proc is not None and srv.proc.wait(10) == 2
+    assert "unreadable key file" in srv.log() and "delete it to get new keys" in srv.log()

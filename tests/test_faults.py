@@ -1,0 +1,279 @@
+"""Faults over real HTTP with real worker processes: killed and crashing workers, stuck
+workers, overload, oversized bodies, loading and draining, SIGTERM under load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from modelserve.archive import create_archive
+from tests.conftest import Server, pid_alive
+
+FAULT_HANDLER = textwrap.dedent('''
+    """Test handler: echoes, sleeps, or dies on request; may load slowly."""
+    import os
+    import sys
+    import time
+
+
+    class FaultHandler:
+        def initialize(self, context):
+            time.sleep(float(context.model_yaml_config.get("init_sleep", 0)))
+
+        def handle(self, data, context):
+            out = []
+            for row in data:
+                body = row.get("data", row.get("body"))
+                if isinstance(body, dict):
+                    if "die" in body:
+                        print("fault handler: dying on purpose", file=sys.stderr, flush=True)
+                        os._exit(body["die"])
+                    if "sleep" in body:
+                        time.sleep(body["sleep"])
+                out.append({"echo": body, "pid": os.getpid()})
+            return out
+''')
+
+
+def _build(store: Path, src: Path, name: str, config: dict) -> None:
+    handler = src / "fault_handler.py"
+    handler.write_text(FAULT_HANDLER)
+    cfg = src / f"{name}-config.yaml"
+    cfg.write_text(yaml.safe_dump({"deviceType": "cpu", **config}))
+    create_archive(model_name=name, version="1.0", handler=str(handler), config_file=cfg,
+                   export_path=store, force=True)
+
+
+@pytest.fixture(scope="module")
+def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("fault-store")
+    src = tmp_path_factory.mktemp("fault-src")
+    _build(store, src, "fault", {"batchSize": 1, "maxBatchDelay": 1})
+    _build(store, src, "slowload", {"batchSize": 1, "init_sleep": 3})
+    return store
+
+
+@pytest.fixture
+def make_server(fault_store: Path, tmp_path: Path):
+    made: list[Server] = []
+
+    def make(config: dict | None = None, models: list[str] | None = None) -> Server:
+        root = tmp_path / f"srv{len(made)}"
+        root.mkdir()
+        srv = Server(root, fault_store, models if models is not None else ["fault.mar"],
+                     extra_config=config or {})
+        made.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in made:
+        assert not srv.stop(), "a worker outlived its server"
+
+
+def describe(srv: Server, name: str = "fault") -> dict:
+    return httpx.get(f"{srv.management}/models/{name}").json()[0]
+
+
+def ready_pids(srv: Server, name: str = "fault") -> list[int]:
+    return [w["pid"] for w in describe(srv, name)["workers"] if w["status"] == "READY"]
+
+
+def wait_for(predicate, timeout: float = 30.0, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def predict(srv: Server, body: dict, name: str = "fault", timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{srv.inference}/predictions/{name}", json=body, timeout=timeout)
+
+
+def test_sigkill_under_load_retries_inflight_requests_on_another_worker(make_server):
+    srv = make_server({"default_workers_per_model": 2})
+    victim = ready_pids(srv)[0]
+    with ThreadPoolExecutor(24) as pool:
+        futures = [pool.submit(predict, srv, {"sleep": 0.2, "i": i}) for i in range(24)]
+        time.sleep(0.5)  # both workers busy, batches in flight and queued
+        os.kill(victim, signal.SIGKILL)
+        responses = [f.result(timeout=60) for f in futures]
+    assert [r.status_code for r in responses] == [200] * 24, [r.text for r in responses]
+    assert sorted(r.json()["echo"]["i"] for r in responses) == list(range(24))
+    assert "retrying" in srv.log() and "killed by signal SIGKILL" in srv.log()
+    # restarted with backoff: two ready workers again, the victim among neither
+    pids = wait_for(lambda: len(ready_pids(srv)) == 2 and ready_pids(srv))
+    assert victim not in pids
+    assert describe(srv)["workerRestarts"] >= 1
+
+
+def test_worker_death_cause_reaches_the_client_and_the_log(make_server):
+    srv = make_server()  # one worker: nowhere to retry, so the request gets the cause
+    r = predict(srv, {"die": 3})
+    assert r.status_code == 503
+    body = r.json()
+    assert body["type"] == "WorkerDiedException"
+    assert "exit code 3" in body["message"], body
+    assert "dying on purpose" in body["message"], body
+    log = srv.log()
+    assert "exit code 3" in log and "dying on purpose" in log
+    wait_for(lambda: ready_pids(srv))
+    assert predict(srv, {"ok": 1}).status_code == 200
+
+
+def test_poison_request_is_retried_once_then_answered_503(make_server):
+    srv = make_server({"default_workers_per_model": 2})
+    before = set(ready_pids(srv))
+    r = predict(srv, {"die": 7})
+    assert r.status_code == 503
+    assert "retried once" in r.json()["message"] and "exit code 7" in r.json()["message"]
+    # both workers died (the retry killed the second one); both are replaced
+    after = wait_for(lambda: len(ready_pids(srv)) == 2 and set(ready_pids(srv)))
+    assert not before & after
+
+
+def test_crash_looping_model_is_marked_unhealthy(make_server):
+    srv = make_server()
+    for _ in range(3):
+        wait_for(lambda: ready_pids(srv), timeout=60)
+        assert predict(srv, {"die": 5}).status_code == 503
+    wait_for(lambda: describe(srv)["health"] == "Unhealthy", timeout=10)
+    ping = httpx.get(f"{srv.inference}/ping")
+    assert (ping.status_code, ping.json()) == (500, {"status": "Unhealthy"})
+    info = describe(srv)
+    assert "exit code 5" in info["lastWorkerDeath"]
+    assert "crash-looping" in srv.log()
+
+
+def test_stuck_worker_is_answered_504_and_recycled(make_server):
+    srv = make_server()
+    r = httpx.post(f"{srv.management}/models",
+                   params={"url": "fault.mar", "model_name": "stuck", "response_timeout": 1})
+    assert r.status_code == 200, r.text
+    [pid] = ready_pids(srv, "stuck")
+    start = time.monotonic()
+    r = predict(srv, {"sleep": 30}, name="stuck")
+    assert r.status_code == 504 and r.json()["type"] == "RequestTimeoutException"
+    assert time.monotonic() - start < 10
+    wait_for(lambda: not pid_alive(pid))
+    new = wait_for(lambda: ready_pids(srv, "stuck"))
+    assert pid not in new
+    assert predict(srv, {"ok": 1}, name="stuck").status_code == 200
+    assert "recycled after exceeding response_timeout" in srv.log()
+
+
+def test_full_queue_is_503_at_once_with_retry_after(make_server):
+    srv = make_server({"job_queue_size": 2, "pipeline_depth": 1})
+    with ThreadPoolExecutor(12) as pool:
+        slow = [pool.submit(predict, srv, {"sleep": 1.5}) for _ in range(3)]
+        time.sleep(0.5)  # one on the worker, two queued: the queue is full
+        start = time.monotonic()
+        refused = [pool.submit(predict, srv, {"x": i}) for i in range(6)]
+        quick = [f.result() for f in refused]
+        elapsed = time.monotonic() - start
+        assert all(f.result().status_code == 200 for f in slow)
+    assert [r.status_code for r in quick] == [503] * 6
+    assert elapsed < 1.0, "a full queue must refuse at once, not after waiting"
+    assert all(r.headers["retry-after"] == "1" for r in quick)
+    assert "job_queue_size" in quick[0].json()["message"]
+
+
+def test_body_over_max_request_size_is_refused_before_it_is_read(make_server):
+    srv = make_server({"max_request_size": 1000})
+    port = srv.ports["inference"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        # Declare 100 MB, send 10 bytes: the 413 must come without waiting for the rest.
+        s.sendall(b"POST /predictions/fault HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+                  b"0123456789")
+        start = time.monotonic()
+        head = s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert time.monotonic() - start < 5
+
+    def chunks():
+        for _ in range(100):
+            yield b"x" * 100
+
+    r = httpx.post(f"{srv.inference}/predictions/fault", content=chunks())  # chunked
+    assert r.status_code == 413 and "max_request_size" in r.json()["message"]
+
+
+def test_ping_is_unhealthy_while_a_model_loads(make_server):
+    srv = make_server()
+    r = httpx.post(f"{srv.management}/models",
+                   params={"url": "slowload.mar", "synchronous": "false"})
+    assert r.status_code == 202
+    ping = httpx.get(f"{srv.inference}/ping")
+    assert (ping.status_code, ping.json()["status"]) == (500, "Unhealthy")
+    assert describe(srv, "slowload")["health"] == "Loading"
+    wait_for(lambda: httpx.get(f"{srv.inference}/ping").status_code == 200, timeout=60)
+    assert describe(srv, "slowload")["health"] == "Healthy"
+
+
+def test_sigterm_under_load_finishes_inflight_and_leaves_no_process(make_server):
+    srv = make_server({"default_workers_per_model": 2, "shutdown_grace_period": 20,
+                       "drain_delay": 1.5})
+    assert srv.proc is not None
+    pids = {srv.proc.pid, *srv.worker_pids()}
+    assert len(pids) == 3
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(predict, srv, {"sleep": 0.5, "i": i}) for i in range(10)]
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # draining: not ready, yet still answering on the listeners for drain_delay
+        ping = httpx.get(f"{srv.inference}/ping")
+        assert (ping.status_code, ping.json()) == (503, {"status": "Draining"})
+        responses = [f.result(timeout=60) for f in futures]
+    assert [r.status_code for r in responses] == [200] * 10
+    assert srv.proc.wait(30) == 0
+    wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=10)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{srv.inference}/ping")
+
+
+def test_killing_the_frontend_leaves_no_orphan_worker(make_server):
+    srv = make_server()
+    assert srv.proc is not None
+    workers = srv.worker_pids()
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(lambda: predict(srv, {"sleep": 30}, timeout=60))
+        time.sleep(0.5)  # the worker is inside a long batch, not reading its socket
+        srv.proc.kill()
+        srv.proc.wait()
+        with pytest.raises(httpx.HTTPError):
+            busy.result()
+    wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=10)
+
+
+
+def test_management_body_over_max_request_size_is_413(make_server):
+    srv = make_server({"max_request_size": 1000})
+    big = {"url": "fault.mar", "model_name": "x" * 5000}
+    r = httpx.post(f"{srv.management}/models", json=big)
+    assert r.status_code == 413, r.text
+    assert r.json()["type"] == "RequestEntityTooLargeException"
+
+    def chunks():
+        yield b'{"url": "fault.mar", "model_name": "'
+        for _ in range(50):
+            yield b"y" * 100
+        yield b'"}'
+
+    r = httpx.post(f"{srv.management}/models", content=chunks(),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert "max_request_size" in r.json()["message"]
+    assert httpx.get(f"{srv.management}/models").status_code == 200
