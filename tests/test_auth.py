@@ -152,3 +152,26 @@ def test_corrupt_key_file_stops_the_server_with_a_clear_message(model_store, tmp
         srv.start(timeout=30)
     assert srv.proc is not None and srv.proc.wait(10) == 2
     assert "unreadable key file" in srv.log() and "delete it to get new keys" in srv.log()
+
+
+def test_oip_v2_rest_and_grpc_need_the_inference_key(auth_server):
+    """The v2 routes sit behind the same key; gRPC reads it from the call's metadata."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    k = keys(auth_server)["inference"]["key"]
+    url = f"{auth_server.inference}/v2/models/echo"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers=bearer(k)).status_code == 200
+
+    client = grpcclient.InferenceServerClient(auth_server.grpc)
+    try:
+        assert client.is_server_live()  # probes stay open, like /ping
+        with pytest.raises(InferenceServerException, match="Token Authorization failed"):
+            client.get_model_metadata("echo")
+        with pytest.raises(InferenceServerException, match="Token Authorization failed"):
+            client.get_model_metadata("echo", headers={"authorization": "Bearer wrong"})
+        meta = client.get_model_metadata("echo", headers={"authorization": f"Bearer {k}"})
+        assert meta.name == "echo"
+    finally:
+        client.close()

@@ -218,8 +218,14 @@ def test_ping_is_unhealthy_while_a_model_loads(make_server):
     ping = httpx.get(f"{srv.inference}/ping")
     assert (ping.status_code, ping.json()["status"]) == (500, "Unhealthy")
     assert describe(srv, "slowload")["health"] == "Loading"
+    # OIP v2: live, not ready, the model not ready
+    assert httpx.get(f"{srv.inference}/v2/health/live").status_code == 200
+    assert httpx.get(f"{srv.inference}/v2/health/ready").json() == {"ready": False}
+    assert httpx.get(f"{srv.inference}/v2/models/slowload/ready").json()["ready"] is False
     wait_for(lambda: httpx.get(f"{srv.inference}/ping").status_code == 200, timeout=60)
     assert describe(srv, "slowload")["health"] == "Healthy"
+    assert httpx.get(f"{srv.inference}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{srv.inference}/v2/models/slowload/ready").json()["ready"] is True
 
 
 def test_sigterm_under_load_finishes_inflight_and_leaves_no_process(make_server):
@@ -236,6 +242,10 @@ def test_sigterm_under_load_finishes_inflight_and_leaves_no_process(make_server)
         # draining: not ready, yet still answering on the listeners for drain_delay
         ping = httpx.get(f"{srv.inference}/ping")
         assert (ping.status_code, ping.json()) == (503, {"status": "Draining"})
+        assert httpx.get(f"{srv.inference}/v2/health/live").status_code == 200
+        ready = httpx.get(f"{srv.inference}/v2/health/ready")
+        assert (ready.status_code, ready.json()) == (400, {"ready": False})
+        assert httpx.get(f"{srv.inference}/v2/models/fault/ready").json()["ready"] is False
         responses = [f.result(timeout=60) for f in futures]
     assert [r.status_code for r in responses] == [200] * 10
     assert srv.proc.wait(30) == 0

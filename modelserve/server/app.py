@@ -27,6 +27,7 @@ from modelserve.server.management_api import create_management_app
 from modelserve.server.metrics import ServerMetrics
 from modelserve.server.metrics_api import StatusCounter, create_metrics_app
 from modelserve.server.v2.core import V2Core
+from modelserve.server.v2.grpc_auth import TokenInterceptor
 from modelserve.server.v2.grpc_service import start_grpc_server
 
 log = logging.getLogger("modelserve")
@@ -92,7 +93,8 @@ async def run_server(settings: Settings,
             try:
                 grpc_server = await start_grpc_server(
                     v2, settings.host, settings.grpc_inference_port, settings.max_request_size,
-                    settings.max_response_size)
+                    settings.max_response_size,
+                    [TokenInterceptor(keys)] if keys is not None else None)
             except OSError as exc:
                 log.error("%s; stopping", exc)
                 return 1

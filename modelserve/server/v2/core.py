@@ -57,16 +57,14 @@ class V2Core:
         return {"name": "modelserve", "version": __version__, "extensions": EXTENSIONS}
 
     def server_ready(self) -> bool:
-        return self.dp.is_healthy()
+        """False while models load, while one crash-loops, and while the server drains."""
+        return self.dp.is_ready()
 
     def model(self, name: str, version: str | None) -> ModelVersion:
         return self.dp.registry.get(name, version or None)
 
     def model_ready(self, name: str, version: str | None) -> bool:
-        try:
-            return self.model(name, version).pool.ready_count > 0
-        except ModelServeError:
-            return False
+        return self.dp.is_model_ready(name, version or None)
 
     def signature(self, mv: ModelVersion) -> Signature:
         sig = self._signatures.get(mv)

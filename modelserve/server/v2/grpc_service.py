@@ -176,9 +176,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc_server(core: V2Core, host: str, port: int, max_receive: int,
-                            max_send: int) -> grpc.aio.Server:
+                            max_send: int,
+                            interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+                            ) -> grpc.aio.Server:
     """Bind and start; raises OSError when the port cannot be bound."""
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=interceptors or None, options=[
         ("grpc.max_receive_message_length", max_receive),
         ("grpc.max_send_message_length", max_send),
         ("grpc.so_reuseport", 0),
