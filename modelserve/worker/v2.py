@@ -11,6 +11,10 @@ TorchServe's KServe v2 envelope passed it: ``{"body": {"id", "parameters", "inpu
 "datatype", "shape", "data": ndarray}], "outputs": [{"name"}]}}``. Its result per request may be
 ``{"outputs": [{"name", "data", "datatype"?, "shape"?}]}``, an array or list (one output named
 ``output``), or anything else JSON-encodable (one BYTES output ``output`` holding the JSON).
+Such a handler may also stream its answers the ways it can on /predictions
+(``modelserve.worker.streaming``): its chunks go out as TorchServe chunks (bytes, text, JSON),
+which only gRPC ModelStreamInfer carries (one BYTES tensor per chunk); its answers that are
+not streamed stay tensors, sent in the batch's result frame.
 """
 
 from __future__ import annotations
