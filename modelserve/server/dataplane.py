@@ -94,13 +94,14 @@ class DataPlane:
                     timing[:] = (now - job.arrival, queued)
 
     async def infer_stream(self, name: str, version: str | None, body: bytes,
-                           content_type: str, headers: dict[str, str],
-                           request_id: str) -> AsyncIterator[Result]:
-        """Transport-neutral streaming (the hook for gRPC server streaming): each chunk as a
-        Result with the first chunk's status, content type and headers; a non-streamed answer
-        is one Result. Raises the error that ends a stream after its first chunk; stopping
-        early (``aclose()``) cancels the rest of the work in the worker."""
-        result = await self.infer(name, version, body, content_type, headers, request_id)
+                           content_type: str, headers: dict[str, str], request_id: str,
+                           v2: dict[str, Any] | None = None) -> AsyncIterator[Result]:
+        """Transport-neutral streaming (gRPC ModelStreamInfer uses it): each chunk as a
+        Result with the first chunk's status, content type and headers (and no tensors); a
+        non-streamed answer is one Result (an OIP v2 one with its tensors). Raises the error
+        that ends a stream after its first chunk; stopping early (``aclose()``, or cancelling
+        the task that iterates) cancels the rest of the work in the worker."""
+        result = await self.infer(name, version, body, content_type, headers, request_id, v2)
         if result.__class__ is not Stream:
             yield result  # type: ignore[misc]
             return

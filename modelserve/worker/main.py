@@ -82,7 +82,7 @@ class Worker:
     def __init__(self, entry: Entry, context: Context, streamer: streaming.Streamer) -> None:
         self.entry = entry
         self.context = context
-        self.v2 = V2Runner(entry)
+        self.v2 = V2Runner(entry, streamer)
         self.streamer = streamer
 
     def run_batch(self, reqs: list[list[Any]]) -> list[list[Any]]:
@@ -123,8 +123,17 @@ class Worker:
             return self._call_ts(reqs)
         if all(v2):
             return self._call_v2(reqs)
-        ts_out = iter(self._call_ts([r for r, is_v2 in zip(reqs, v2) if not is_v2]))
-        v2_out = iter(self._call_v2([r for r, is_v2 in zip(reqs, v2) if is_v2]))
+        # each part streams at its requests' own positions; "chunks went out" (no retry-alone
+        # of the batch) holds for the batch when it holds for either part
+        streamer, streamed = self.streamer, self.streamer.active
+        try:
+            with streamer.subset([i for i, is_v2 in enumerate(v2) if not is_v2]):
+                ts_out = iter(self._call_ts([r for r, is_v2 in zip(reqs, v2) if not is_v2]))
+            streamed, streamer.active = streamed or streamer.active, False
+            with streamer.subset([i for i, is_v2 in enumerate(v2) if is_v2]):
+                v2_out = iter(self._call_v2([r for r, is_v2 in zip(reqs, v2) if is_v2]))
+        finally:
+            streamer.active = streamed or streamer.active
         return [next(v2_out) if is_v2 else next(ts_out) for is_v2 in v2]
 
     def _call_v2(self, reqs: list[list[Any]]) -> list[list[Any]]:

@@ -35,6 +35,8 @@ import select
 import socket
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from modelserve import ipc
@@ -69,6 +71,7 @@ class Streamer:
         self.batch_id = -1
         self.size = 0
         self.offset = 0  # position of the handler's request 0 in the batch (retry-alone path)
+        self.index: list[int] | None = None  # the handler's requests' positions (a subset)
         self.active = False  # chunks of this batch went out
         self.cancelled: set[int] = set()
         self.finished: set[int] = set()  # positions whose last chunk went out
@@ -78,6 +81,7 @@ class Streamer:
         self.batch_id = batch_id
         self.size = size
         self.offset = 0
+        self.index = None
         if self.active or self.cancelled or self.finished:
             self.active = False
             self.cancelled = set()
@@ -106,6 +110,21 @@ class Streamer:
             else:
                 self.inbox.append(msg)
 
+    def at(self, idx: int) -> int:
+        """The batch position of the handler's request ``idx``."""
+        return self.offset + (self.index[idx] if self.index is not None else idx)
+
+    @contextmanager
+    def subset(self, positions: list[int]) -> Iterator[None]:
+        """The handler sees only these requests (positions in the current view) of the batch:
+        the TorchServe or the OIP v2 requests of a mixed batch, the v2 requests that decoded."""
+        outer = self.index
+        self.index = [outer[p] if outer is not None else p for p in positions]
+        try:
+            yield
+        finally:
+            self.index = outer
+
     def _open(self, pos: int) -> bool:
         return pos not in self.cancelled and pos not in self.finished
 
@@ -121,13 +140,13 @@ class Streamer:
             last = True  # an error ends the request's stream
         elif status is not None and ctx.get_response_status(idx) is None and out[0] == 200:
             out[0] = status
-        return [self.offset + idx, *out, last]
+        return [self.at(idx), *out, last]
 
     def _end(self, idx: int) -> list[Any]:
-        return [self.offset + idx, 200, "application/octet-stream", b"", {}, True]
+        return [self.at(idx), 200, "application/octet-stream", b"", {}, True]
 
     def _error(self, idx: int, exc: BaseException) -> list[Any]:
-        return [self.offset + idx, *error_response(exc), True]
+        return [self.at(idx), *error_response(exc), True]
 
     def placeholders(self, n: int) -> list[list[Any]]:
         """The result frame's ``out`` for a streamed batch: every request already ended."""
@@ -156,19 +175,25 @@ class Streamer:
         except Exception as exc:
             log.warning("closing a cancelled stream raised: %s", exc)
 
-    def run_list(self, results: list[Any], ctx: Any) -> list[list[Any]]:
-        """Case 1: a list whose entries may be generators, one per request."""
+    def run_list(self, results: list[Any], ctx: Any,
+                 whole: Callable[[int, Any], list[Any]] | None = None) -> list[list[Any]]:
+        """Case 1: a list whose entries may be generators, one per request. ``whole``, if
+        given, answers the entries that are not generators in the result frame (OIP v2
+        answers, whose tensors a chunk does not carry) instead of as chunks."""
         gens: dict[int, Any] = {}
         entries: list[list[Any]] = []
+        out = self.placeholders(len(results))
         for idx, result in enumerate(results):
             if is_stream(result):
                 gens[idx] = result
+            elif whole is not None:
+                out[idx] = whole(idx, result)
             else:
                 entries.append(self._entry(result, idx, ctx, True))
         self._send(entries)
         while gens:
             self.poll()
-            for idx in [i for i in gens if self.offset + i in self.cancelled]:
+            for idx in [i for i in gens if self.at(i) in self.cancelled]:
                 self._close(gens.pop(idx))
             entries = []
             for idx, gen in list(gens.items()):
@@ -187,7 +212,7 @@ class Streamer:
                     if entry[5]:
                         self._close(gens.pop(idx))
             self._send(entries)
-        return self.placeholders(len(results))
+        return out
 
     def run_steps(self, gen: Any, n: int, ctx: Any) -> list[list[Any]]:
         """Case 2: one generator for the batch, yielding a list (one chunk per request)."""
@@ -195,7 +220,7 @@ class Streamer:
         try:
             while True:
                 self.poll()
-                if all(not self._open(self.offset + i) for i in range(n)):
+                if all(not self._open(self.at(i)) for i in range(n)):
                     self._close(gen)
                     break
                 try:
@@ -208,22 +233,22 @@ class Streamer:
                     raise TypeError(f"a streaming handler must yield a list of {n} chunks "
                                     f"(one per request), got {got}")
                 self._send([self._entry(item, idx, ctx, False) for idx, item in enumerate(step)
-                            if item is not None and self._open(self.offset + idx)])
+                            if item is not None and self._open(self.at(idx))])
         except Exception as exc:
             _log_failure(exc)
             return self.fail(exc, n)
-        self._send([self._end(i) for i in range(n) if self._open(self.offset + i)])
+        self._send([self._end(i) for i in range(n) if self._open(self.at(i))])
         return self.placeholders(n)
 
     def finish(self, results: list[Any], ctx: Any) -> list[list[Any]]:
         """Case 3: after intermediate responses, the returned list is each last chunk."""
         self._send([self._entry(result, idx, ctx, True) for idx, result in enumerate(results)
-                    if self._open(self.offset + idx)])
+                    if self._open(self.at(idx))])
         return self.placeholders(len(results))
 
     def fail(self, exc: BaseException, n: int) -> list[list[Any]]:
         """End every open stream of the batch with the error (its status when none began)."""
-        self._send([self._error(i, exc) for i in range(n) if self._open(self.offset + i)])
+        self._send([self._error(i, exc) for i in range(n) if self._open(self.at(i))])
         return self.placeholders(n)
 
     def intermediate(self, ret: list[Any], req_id_map: dict[int, str], code: int,
@@ -231,13 +256,13 @@ class Streamer:
         """Case 3: one chunk per request named in ``req_id_map`` (TorchServe's indexing)."""
         self.poll()
         n = len(getattr(ctx, "request_ids", None) or req_id_map)
-        if all(not self._open(self.offset + i) for i in range(n)):
+        if all(not self._open(self.at(i)) for i in range(n)):
             raise StreamCancelled()
         positions = {rid: idx for idx, rid in (getattr(ctx, "request_ids", None) or {}).items()}
         entries = []
         for key, rid in req_id_map.items():
             idx = positions.get(rid, key)
-            if self._open(self.offset + idx):
+            if self._open(self.at(idx)):
                 entries.append(self._entry(ret[key], idx, ctx, False, status=code))
         self.active = True
         self._send(entries)

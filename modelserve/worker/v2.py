@@ -11,6 +11,10 @@ TorchServe's KServe v2 envelope passed it: ``{"body": {"id", "parameters", "inpu
 "datatype", "shape", "data": ndarray}], "outputs": [{"name"}]}}``. Its result per request may be
 ``{"outputs": [{"name", "data", "datatype"?, "shape"?}]}``, an array or list (one output named
 ``output``), or anything else JSON-encodable (one BYTES output ``output`` holding the JSON).
+Such a handler may also stream its answers the ways it can on /predictions
+(``modelserve.worker.streaming``): its chunks go out as TorchServe chunks (bytes, text, JSON),
+which only gRPC ModelStreamInfer carries (one BYTES tensor per chunk); its answers that are
+not streamed stay tensors, sent in the batch's result frame.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from modelserve.datatypes import TensorError, from_numpy, numpy_dtype, to_numpy
 from modelserve.handlers.errors import BadInputError
 from modelserve.worker.codec import JSON, error_response
 from modelserve.worker.context import Context
+from modelserve.worker.streaming import Streamer, is_stream
 
 
 def _array(value: Any, datatype: str | None = None) -> np.ndarray:
@@ -100,8 +105,9 @@ def _encode(outputs: dict[str, Any], wanted: list[str] | None) -> list[Any]:
 class V2Runner:
     """Runs the v2 requests of one batch through the handler."""
 
-    def __init__(self, entry: Callable[..., Any]) -> None:
+    def __init__(self, entry: Callable[..., Any], streamer: Streamer | None = None) -> None:
         self.entry = entry
+        self.streamer = streamer
         owner = getattr(entry, "__self__", None)
         self.native = getattr(owner, "handle_v2", None)
         self._signature = getattr(owner, "v2_signature", None)
@@ -121,22 +127,56 @@ class V2Runner:
                 out[idx] = error_response(exc)
         if not reqs:
             return [o for o in out if o is not None]
+        if len(good) < len(wires):  # the handler's batch: the requests that decoded
+            ctx.begin_batch([ctx.request_ids.get(i, "") for i in good],
+                            [ctx.get_all_request_header(i) for i in good])
         if self.native is not None:
             results = self.native(reqs, ctx)
+            _check(results, len(reqs))
+            answers = [self._answer(req, result) for req, result in zip(reqs, results)]
         else:
             datatypes = [[t[1] for t in wires[i]["inputs"]] for i in good]
             rows = [_as_body(r, dts) for r, dts in zip(reqs, datatypes)]
-            results = self.entry(rows, ctx)
-        if not isinstance(results, list) or len(results) != len(reqs):
-            raise ValueError(f"handler returned {type(results).__name__} of "
-                             f"{len(results) if isinstance(results, list) else '?'} results "
-                             f"for {len(reqs)} requests")
-        for idx, req, result in zip(good, reqs, results):
-            try:
-                if isinstance(result, BaseException):
-                    raise result
-                outputs = result if self.native is not None else _from_handler_result(result)
-                out[idx] = _encode(outputs, req["outputs"])
-            except Exception as exc:
-                out[idx] = error_response(exc)
+            if self.streamer is None:
+                answers = self._run_ts(rows, reqs, ctx)
+            else:
+                with self.streamer.subset(good):
+                    answers = self._run_ts(rows, reqs, ctx)
+        for idx, answer in zip(good, answers):
+            out[idx] = answer
         return [o for o in out if o is not None]
+
+    def _run_ts(self, rows: list[dict[str, Any]], reqs: list[dict[str, Any]],
+                ctx: Context) -> list[list[Any]]:
+        """A TorchServe-style handler. It may stream its answers the ways it can to
+        /predictions (modelserve.worker.streaming): then each chunk goes out encoded as a
+        TorchServe answer would be (bytes, UTF-8 text, JSON), for the transport to carry
+        (gRPC ModelStreamInfer: one BYTES tensor per chunk); its other answers are tensors."""
+        streamer = self.streamer
+        results = self.entry(rows, ctx)
+        if streamer is not None and is_stream(results):
+            return streamer.run_steps(results, len(rows), ctx)
+        _check(results, len(reqs))
+        if streamer is not None:
+            if streamer.active:  # it sent intermediate responses: these are the last chunks
+                return streamer.finish(results, ctx)
+            if any(is_stream(r) for r in results):
+                return streamer.run_list(results, ctx,
+                                         lambda idx, r: self._answer(reqs[idx], r))
+        return [self._answer(req, result) for req, result in zip(reqs, results)]
+
+    def _answer(self, req: dict[str, Any], result: Any) -> list[Any]:
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            outputs = result if self.native is not None else _from_handler_result(result)
+            return _encode(outputs, req["outputs"])
+        except Exception as exc:
+            return error_response(exc)
+
+
+def _check(results: Any, n: int) -> None:
+    if not isinstance(results, list) or len(results) != n:
+        raise ValueError(f"handler returned {type(results).__name__} of "
+                         f"{len(results) if isinstance(results, list) else '?'} results "
+                         f"for {n} requests")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from modelserve import __version__
 from modelserve.datatypes import TensorError
 from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane
+from modelserve.server.jobs import Result
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelVersion
 from modelserve.server.streaming import Stream
@@ -153,7 +155,8 @@ class V2Core:
             if isinstance(result, Stream):
                 result.close()
                 raise ModelServeError("this model streams its answers; OIP v2 infer does "
-                                      "not: use /predictions", status=400)
+                                      "not: use gRPC ModelStreamInfer or /predictions",
+                                      status=400)
             if result.status >= 400 or result.tensors is None:
                 raise ModelServeError(error_message(result.body), status=result.status)
             ok = True
@@ -165,6 +168,48 @@ class V2Core:
                 stats.success_ns += elapsed
                 stats.queue_ns += queued
                 stats.infer_ns += elapsed - queued
+                stats.inferences += req.inputs[0].shape[0] if req.inputs[0].shape else 1
+                stats.last_ms = int(time.time() * 1000)
+            else:
+                stats.fail += 1
+                stats.fail_ns += elapsed
+
+    async def infer_stream(self, name: str, version: str | None, req: InferRequest,
+                           headers: dict[str, str], request_id: str
+                           ) -> tuple[ModelVersion, AsyncIterator[Result]]:
+        """Validate, then the answer as it comes (``DataPlane.infer_stream``): one Result with
+        ``tensors`` when the handler answers whole, else one Result per chunk of its stream
+        (``tensors`` None, ``body`` the chunk). Errors before the first chunk are raised (as
+        from :meth:`infer`); an error after it is raised by the iterator."""
+        mv = self.model(name, version)
+        try:
+            self.signature(mv).validate(req)
+        except TensorError as exc:
+            raise BadRequestError(str(exc)) from None
+        return mv, self._stream(mv, version, req, headers, request_id)
+
+    async def _stream(self, mv: ModelVersion, version: str | None, req: InferRequest,
+                      headers: dict[str, str], request_id: str) -> AsyncIterator[Result]:
+        stats = self._stats.get(mv)
+        if stats is None:
+            stats = self._stats[mv] = _Stats()
+        start = time.perf_counter()
+        ok = False
+        chunks = self.dp.infer_stream(mv.name, version or None, b"", "", headers, request_id,
+                                      req.wire())
+        try:
+            async for result in chunks:
+                if result.status >= 400:
+                    raise ModelServeError(error_message(result.body), status=result.status)
+                yield result
+            ok = True
+        finally:
+            await chunks.aclose()
+            elapsed = int((time.perf_counter() - start) * 1e9)
+            if ok:  # a stream's time in the queue is not measured apart: all of it is infer
+                stats.success += 1
+                stats.success_ns += elapsed
+                stats.infer_ns += elapsed
                 stats.inferences += req.inputs[0].shape[0] if req.inputs[0].shape else 1
                 stats.last_ms = int(time.time() * 1000)
             else:

@@ -5,14 +5,28 @@ Thin like the REST routes: it converts protobuf to :class:`InferRequest` and cal
 :class:`V2Core`. Inputs arrive in ``raw_input_contents`` (what tritonclient sends) or in the
 typed ``contents`` fields; outputs always leave in ``raw_output_contents``. Errors become gRPC
 status codes with the message (400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, ...).
+
+``ModelStreamInfer`` is Triton's bidirectional stream (tritonclient's ``start_stream`` /
+``async_stream_infer``, the aio client's ``stream_infer``): the requests on a stream run
+concurrently, each answered on it as Triton answers a decoupled model. A handler that streams
+sends one response per chunk: one BYTES tensor of shape [1] holding the chunk (named as the
+request's first requested output, else ``OUTPUT``; its ``content_type`` parameter says how
+the handler's chunk was encoded), ``triton_final_response: false``, and the request's ``id``;
+when the request set ``triton_enable_empty_final_response``, an empty response with
+``triton_final_response: true`` ends it. A handler that does not stream answers once, as
+``ModelInfer`` would (``triton_final_response: true``). Errors go in ``error_message`` (with
+``infer_response`` naming the request) and the stream goes on; a client that cancels the
+stream cancels its requests' outstanding work, in the workers too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -79,6 +93,33 @@ def parse_request(request: Any) -> InferRequest:
     return InferRequest(inputs, outputs, request.id or None, params)
 
 
+STREAM_OUTPUT = "OUTPUT"  # a streamed chunk's tensor, unless the request names its output
+FINAL = "triton_final_response"
+EMPTY_FINAL = "triton_enable_empty_final_response"
+
+
+def _bytes_element(chunk: bytes) -> bytes:
+    """One BYTES element in raw form: its 4-byte little-endian length, then the bytes."""
+    return len(chunk).to_bytes(4, "little") + chunk
+
+
+def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def _stream_response(name: str, version: str, rid: str, final: bool,
+                     tensors: Sequence[list[Any]] = (), error: str = "") -> Any:
+    """A ModelStreamInferResponse; ``tensors``: ``[name, datatype, shape, raw, params?]``."""
+    out = pb.ModelInferResponse.InferOutputTensor
+    outputs = [out(name=t[0], datatype=t[1], shape=t[2], parameters={
+        k: pb.InferParameter(string_param=v) for k, v in (t[4] if len(t) > 4 else {}).items()})
+        for t in tensors]
+    return pb.ModelStreamInferResponse(error_message=error, infer_response=pb.ModelInferResponse(
+        model_name=name, model_version=version, id=rid, outputs=outputs,
+        raw_output_contents=[t[3] for t in tensors],
+        parameters={FINAL: pb.InferParameter(bool_param=final)}))
+
+
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -130,8 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _ModelInfer(self, request: Any, context: Any) -> Any:
         req = parse_request(request)
-        headers = {k: v for k, v in (context.invocation_metadata() or ())
-                   if isinstance(v, str)}
+        headers = _headers(context)
         request_id = headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
         mv, outputs = await self.core.infer(request.model_name, request.model_version, req,
                                             headers, request_id)
@@ -140,6 +180,78 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model_name=mv.name, model_version=mv.version, id=request.id,
             outputs=[out_tensor(name=n, datatype=dt, shape=shape) for n, dt, shape, _ in outputs],
             raw_output_contents=[raw for *_, raw in outputs])
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Each request on the stream runs in its own task, which queues its responses; this
+        generator sends them. It ends when the client has closed its side and every request
+        is answered; if the client cancels (or the server stops) it, the tasks are cancelled,
+        which closes their streams and so cancels the work in the workers."""
+        headers = _headers(context)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            queue.put_nowait(None)  # wakes the sender to check whether all is answered
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(self._stream_one(request, headers,
+                                                            queue.put_nowait))
+                tasks.add(task)
+                task.add_done_callback(done)
+
+        reader = asyncio.create_task(read())
+        reader.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while True:
+                response = await queue.get()
+                if response is not None:
+                    yield response
+                elif reader.done() and not tasks:
+                    break
+            if not reader.cancelled() and reader.exception() is not None:
+                log.warning("ModelStreamInfer: reading requests failed: %s",
+                            reader.exception())
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_one(self, request: Any, headers: dict[str, str],
+                          send: Callable[[Any], None]) -> None:
+        """One request of a ModelStreamInfer stream: its responses, through ``send``."""
+        name, version, rid = request.model_name, request.model_version, request.id
+        try:
+            req = parse_request(request)
+            empty_final = bool(req.parameters.pop(EMPTY_FINAL, False))
+            output = request.outputs[0].name if request.outputs else STREAM_OUTPUT
+            base = headers.get("x-request-id")
+            seq = next(self._ids)
+            request_id = f"{base}-{seq:x}" if base else f"{self._prefix}{seq:x}"
+            mv, answer = await self.core.infer_stream(name, version, req, headers, request_id)
+            name, version = mv.name, mv.version
+            streamed = False
+            async with contextlib.aclosing(answer):
+                async for result in answer:
+                    if result.tensors is not None:  # answered whole, as ModelInfer answers
+                        send(_stream_response(name, version, rid, True, result.tensors))
+                        continue
+                    streamed = True
+                    send(_stream_response(name, version, rid, False, [[
+                        output, "BYTES", [1], _bytes_element(result.body),
+                        {"content_type": result.content_type}]]))
+            if streamed and empty_final:
+                send(_stream_response(name, version, rid, True))
+        except ModelServeError as exc:
+            send(_stream_response(name, version, rid, True, error=exc.message))
+        except TensorError as exc:
+            send(_stream_response(name, version, rid, True, error=str(exc)))
+        except Exception as exc:
+            log.exception("ModelStreamInfer request %r failed", rid)
+            send(_stream_response(name, version, rid, True,
+                                  error=f"{type(exc).__name__}: {exc}"))
 
     async def _ModelConfig(self, request: Any, context: Any) -> Any:
         cfg = self.core.model_config(request.name, request.version)
