@@ -3,13 +3,16 @@ them, rotation, persistence across restarts; enable_model_api."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import Server
@@ -173,5 +176,13 @@ def test_oip_v2_rest_and_grpc_need_the_inference_key(auth_server):
             client.get_model_metadata("echo", headers={"authorization": "Bearer wrong"})
         meta = client.get_model_metadata("echo", headers={"authorization": f"Bearer {k}"})
         assert meta.name == "echo"
+        errors: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: errors.put(error))
+        tensor = grpcclient.InferInput("x", [1], "FP32")
+        tensor.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+        with contextlib.suppress(InferenceServerException):  # the stream may be gone already
+            client.async_stream_infer("echo", [tensor])
+        assert "Token Authorization failed" in str(errors.get(timeout=10))
+        client.stop_stream()
     finally:
         client.close()
