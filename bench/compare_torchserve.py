@@ -31,7 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_bench  # noqa: E402
-from serve_bench import HOST, bodies, free_port, run_load  # noqa: E402
+from serve_bench import HOST, bodies, free_port, pss_mb, run_load  # noqa: E402
 
 from modelserve.archive import create_archive  # noqa: E402
 
@@ -64,17 +64,9 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def pss_mb(pid: int) -> float:
+def tree_pss_mb(pid: int) -> float:
     """Sum of PSS over a process tree: shared libraries count once across processes."""
-    total = 0
-    for p in descendants(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    return pss_mb(descendants(pid))
 
 
 def ts_archive(store: Path, src_store: Path, model: str, work: Path) -> str:
@@ -162,13 +154,13 @@ def measure(name: str, proc: subprocess.Popen, port: int, model: str, path_model
             concurrencies: list[int], duration: float) -> list[dict]:
     body, ctype = bodies(model)["json"]
     time.sleep(2)  # let start-up work settle before measuring idle memory
-    idle = pss_mb(proc.pid)
+    idle = tree_pss_mb(proc.pid)
     rows = []
     for c in concurrencies:
         r = run_load(port, f"/predictions/{path_model}", body, ctype, c, duration)
         rows.append({"server": name, "model": model, "c": c, "rps": r.rps,
                      "p50": r.percentile(50) * 1e3, "p99": r.percentile(99) * 1e3,
-                     "errors": r.errors, "idle_pss_mb": idle, "pss_mb": pss_mb(proc.pid)})
+                     "errors": r.errors, "idle_pss_mb": idle, "pss_mb": tree_pss_mb(proc.pid)})
     return rows
 
 
