@@ -10,7 +10,12 @@
   value sets, every manifest validated against the Kubernetes schemas (kubernetes-validate,
   strict), plus cross-references (selectors, port names, ConfigMap as Settings).
 - KServe: the ClusterServingRuntime and InferenceService examples (shape, containers against
-  the core schema, flags the CLI accepts, the example config.properties).
+  the core schema, flags the CLI accepts, the example config.properties, the grpc-v2 wiring:
+  the h2c port an InferenceService names is the runtime's gRPC port).
+
+The OIP v2 gRPC port (grpc_inference_port) is checked everywhere the HTTP ports are: EXPOSE,
+compose's published ports, the chart's container and Service ports (and their absence when
+it is 0), the KServe runtime's flags.
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ CHART = DOCKER / "helm" / "modelserve"
 KSERVE = DOCKER / "kserve"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "modelserve.json"
 MODEL_STORE = "/home/model-server/model-store"
-PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
+PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc": 8085}
+# KServe: gRPC (grpc-v2) goes to the container port an InferenceService names h2c; 8081 is
+# where KServe's own v2 model servers listen for gRPC and what its gRPC examples declare.
+KSERVE_GRPC_PORT = 8081
 # Kubernetes versions to validate against: an older supported one and the newest schemas.
 K8S_VERSIONS = sorted({"1.28.0", kubernetes_validate.latest_version()})
 # What the issue asks the dashboard to show.
@@ -291,7 +299,13 @@ def test_dockerfile_command_and_config(dockerfile: Path,
         if key.startswith("MODELSERVE_"):
             monkeypatch.delenv(key)
     settings = load_settings(ROOT / baked.group(1))
-    assert settings.host == "0.0.0.0"
+    assert settings.host == "0.0.0.0"  # every listener, gRPC included, binds settings.host
+    listening = {"inference": settings.inference_port, "management": settings.management_port,
+                 "metrics": settings.metrics_port, "grpc": settings.grpc_inference_port}
+    assert listening == PORTS, "the baked config's ports are the ones the image EXPOSEs"
+    exposed = {int(p) for word, a in instructions(dockerfile) if word == "EXPOSE"
+               for p in a.split()}
+    assert set(listening.values()) == exposed
     assert str(settings.model_store) == MODEL_STORE
     assert settings.load_models == ["all"]
     assert str(settings.workdir) in dockerfile.read_text(), "the image creates the workdir"
@@ -465,8 +479,13 @@ def test_compose() -> None:
     assert context == ROOT
     assert (context / modelserve["build"]["dockerfile"]) in DOCKERFILES
     assert mounts(modelserve)[MODEL_STORE] == ROOT / "model_store"
-    published = {int(p.split(":")[-1]) for p in modelserve["ports"]}
-    assert set(PORTS.values()) <= published
+    published: dict[int, int] = {}
+    for mapping in modelserve["ports"]:
+        host_ip, host_port, container_port = mapping.split(":")
+        assert host_ip == "127.0.0.1", f"{mapping}: publish on 127.0.0.1 only"
+        assert host_port == container_port, mapping
+        published[int(container_port)] = int(host_port)
+    assert set(published) == set(PORTS.values())  # gRPC's 8085 included
     # Prometheus reads the checked config and scrapes modelserve's metrics port.
     prometheus = services["prometheus"]
     config_flag = _flags(prometheus["command"])["--config.file"]
@@ -530,11 +549,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "initContainers": [{"name": "fetch", "image": "busybox:1.36",
                             "command": ["true"]}],
         "imagePullSecrets": [{"name": "registry"}],
+        # gRPC on another port, without an appProtocol on the Service.
+        "config": {"grpc_inference_port": 9000},
+        "service": {"ports": {"grpc": 9000}, "grpcAppProtocol": ""},
     },
     "minimal": {
         "fullnameOverride": "ms", "podDisruptionBudget": {"enabled": False},
         "resources": {"requests": None, "limits": None}, "podAnnotations": None,
-        "config": {"inference_port": 9080, "batch_size": 8},
+        # grpc_inference_port 0: no gRPC listener, so no grpc container or Service port.
+        "config": {"inference_port": 9080, "batch_size": 8, "grpc_inference_port": 0},
     },
 }
 
@@ -629,8 +652,21 @@ def test_chart_cross_references(rendered: tuple[str, dict, list[dict]],
     assert service["spec"]["selector"].items() <= pod_labels.items()
     (container,) = pod["spec"]["containers"]
     port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert set(port_names) == set(PORTS)
-    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(PORTS)
+    grpc_port = values["config"]["grpc_inference_port"]
+    expected_ports = set(PORTS) if grpc_port else set(PORTS) - {"grpc"}
+    assert set(port_names) == expected_ports, name
+    assert len(port_names) == len(container["ports"]) == len(set(port_names.values()))
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert len(service_ports) == len(service["spec"]["ports"])
+    assert set(service_ports) == expected_ports, name
+    for port_name, port in service_ports.items():
+        assert port["targetPort"] == port_name and port["protocol"] == "TCP"
+        assert port["port"] == values["service"]["ports"][port_name]
+    if grpc_port:
+        app_protocol = values["service"]["grpcAppProtocol"]
+        assert service_ports["grpc"].get("appProtocol") == (app_protocol or None)
+    for port_name in set(service_ports) - {"grpc"}:
+        assert "appProtocol" not in service_ports[port_name]
     assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "inference"}
     assert container["livenessProbe"]["httpGet"]["port"] in port_names
     volumes = {v["name"] for v in pod["spec"]["volumes"]}
@@ -659,9 +695,12 @@ def test_chart_cross_references(rendered: tuple[str, dict, list[dict]],
             monkeypatch.delenv(key)
     settings = load_settings(config_file)
     assert settings.host == "0.0.0.0"
-    assert port_names == {"inference": settings.inference_port,
-                          "management": settings.management_port,
-                          "metrics": settings.metrics_port}
+    listening = {"inference": settings.inference_port,
+                 "management": settings.management_port,
+                 "metrics": settings.metrics_port,
+                 "grpc": settings.grpc_inference_port}
+    assert port_names == {k: v for k, v in listening.items() if v}
+    assert settings.grpc_inference_port == grpc_port
     (store,) = [m for m in container["volumeMounts"] if m["name"] == "model-store"]
     assert store["mountPath"] == str(settings.model_store)
 
@@ -744,6 +783,18 @@ def test_kserve_cluster_serving_runtime() -> None:
     assert flags["--ts-config"] == "/mnt/models/config/config.properties"
     assert flags["--inference-port"] == "8080"  # where KServe sends the traffic
     assert flags["--metrics-port"] == spec["annotations"]["prometheus.kserve.io/port"]
+    # grpc-v2 is served for real: gRPC listens where KServe's h2c convention puts it, and the
+    # management API (never called by KServe) has moved out of its way.
+    assert "grpc-v2" in spec["protocolVersions"]
+    assert flags["--grpc-inference-port"] == str(KSERVE_GRPC_PORT)
+    ports = [int(flags[f"--{api}-port"]) for api in ("inference", "management", "metrics",
+                                                      "grpc-inference")]
+    assert len(set(ports)) == len(ports) and 0 not in ports, f"ports collide: {ports}"
+    # Like KServe's own runtimes, no container ports: they would be merged into every
+    # InferenceService, and Knative takes one port. InferenceServices pick HTTP (default) or
+    # gRPC (a port named h2c).
+    assert "ports" not in container
+    assert container["readinessProbe"]["httpGet"]["port"] == int(flags["--inference-port"])
 
 
 def test_kserve_example_config_properties() -> None:
@@ -751,8 +802,12 @@ def test_kserve_example_config_properties() -> None:
 
     config = read_ts_config(KSERVE / "config.properties")
     assert [w for w in config.warnings if ": ignored, " not in w] == []
-    assert config.settings["inference_port"] == PORTS["inference"]
-    assert config.settings["metrics_port"] == PORTS["metrics"]
+    # The ports repeat the runtime's flags (which win anyway).
+    flags = _flags(runtime()["spec"]["containers"][0]["args"])
+    assert config.settings["inference_port"] == int(flags["--inference-port"])
+    assert config.settings["management_port"] == int(flags["--management-port"])
+    assert config.settings["metrics_port"] == int(flags["--metrics-port"])
+    assert "grpc_inference_port" not in config.settings  # the runtime's flag sets it
     assert config.settings["model_store"] == "/mnt/models/model-store"
 
 
@@ -766,14 +821,27 @@ def test_kserve_inference_services(path: Path) -> None:
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
     model = obj["spec"]["predictor"]["model"]
     assert set(model) <= {"modelFormat", "runtime", "runtimeVersion", "storageUri",
-                          "protocolVersion", "resources", "env", "args"}
+                          "protocolVersion", "resources", "env", "args", "ports"}
     assert model["runtime"] == runtime()["metadata"]["name"]
     formats = {f["name"] for f in runtime()["spec"]["supportedModelFormats"]}
     assert model["modelFormat"]["name"] in formats
     assert re.match(r"(s3|gs|pvc|https?|hdfs|webhdfs|oci)://", model["storageUri"])
     validate_container({"name": "check", "image": "check",
-                        "resources": model.get("resources", {})})
+                        "resources": model.get("resources", {}),
+                        "ports": model.get("ports", [])})
+    protocol = model.get("protocolVersion")
+    if protocol:
+        assert protocol in runtime()["spec"]["protocolVersions"]
+    if protocol == "grpc-v2":
+        # Knative routes HTTP/2 to the one container port named h2c: the runtime's gRPC port.
+        flags = _flags(runtime()["spec"]["containers"][0]["args"])
+        assert model["ports"] == [{"name": "h2c", "protocol": "TCP",
+                                   "containerPort": int(flags["--grpc-inference-port"])}]
+    else:
+        assert "ports" not in model, "HTTP InferenceServices use KServe's default port 8080"
 
 
 def test_kserve_files_present() -> None:
     assert len(list(KSERVE.glob("inferenceservice-*.yaml"))) >= 2
+    grpc = load_yaml(KSERVE / "inferenceservice-grpc.yaml")
+    assert grpc["spec"]["predictor"]["model"]["protocolVersion"] == "grpc-v2"
