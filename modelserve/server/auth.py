@@ -23,6 +23,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from modelserve.atomic import write_atomic
+
 log = logging.getLogger("modelserve.auth")
 
 KEY_TYPES = ("inference", "management", "API")
@@ -74,21 +76,9 @@ class KeyStore:
 
     def _write(self, keys: dict[str, str] | None = None) -> None:
         """Atomically, and never readable by anyone but the owner, even for an instant."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = keys or self.keys
         body = {t: {"key": keys[t]} for t in KEY_TYPES}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, json.dumps(body, indent=2).encode())
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(body, indent=2).encode(), 0o600)
 
     def check(self, key_type: str, header: bytes | None) -> bool:
         expected = b"Bearer " + self.keys[key_type].encode()

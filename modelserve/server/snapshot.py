@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelserve.atomic import write_atomic
+
 log = logging.getLogger("modelserve.snapshot")
 
 FORMAT = 1
@@ -29,18 +31,7 @@ class Snapshot:
     def save(self, models: list[dict[str, Any]]) -> None:
         body = json.dumps({"format": FORMAT, "created": time.time(), "models": models},
                           indent=1).encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, body, 0o600)
 
     def load(self) -> list[dict[str, Any]] | None:
         """The saved models, or None when there is no usable snapshot."""
