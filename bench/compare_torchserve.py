@@ -132,7 +132,8 @@ def start_modelserve(store: Path, archive: str, work: Path) -> tuple:
     config.write_text(yaml.safe_dump({
         "inference_port": ports[0], "management_port": ports[1], "metrics_port": ports[2],
         "model_store": str(store), "load_models": [f"{archive[:-4]}={archive}"],
-        "workdir": str(work / "ms"), "log_level": "warning",
+        "workdir": str(work / f"ms-{archive[:-4]}"), "log_level": "warning",
+        "model_snapshot": False,
         "disable_token_auth": True,  # measure serving, not auth (tests/test_auth.py covers it)
     }))
     proc = subprocess.Popen([sys.executable, "-m", "modelserve", "start", "--config", str(config)],

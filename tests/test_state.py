@@ -59,7 +59,8 @@ def test_models_versions_defaults_and_workers_survive_a_restart(versioned_store,
     finally:
         assert not srv.stop()
 
-    srv.load_models = []  # the snapshot, not load_models, decides what comes back
+    # the snapshot brings back what the API changed; load_models adds only what it lacks
+    srv.load_models = ["echo_v1.mar", "added=echo_v2.mar"]
     srv.start()
     try:
         versions = {d["modelVersion"]: d for d in describe(srv, "echo/all")}
@@ -72,6 +73,8 @@ def test_models_versions_defaults_and_workers_survive_a_restart(versioned_store,
         assert httpx.get(f"{srv.management}/models/other").status_code == 404
         r = httpx.post(f"{srv.inference}/predictions/echo", json={"x": 1})
         assert r.status_code == 200
+        added = describe(srv, "added")[0]  # in load_models, not in the snapshot
+        assert (added["modelVersion"], added["minWorkers"], added["batchSize"]) == ("2.0", 1, 1)
         assert "restoring 2 model version(s)" in srv.log()
     finally:
         srv.stop()

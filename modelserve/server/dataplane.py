@@ -406,14 +406,18 @@ class DataPlane:
             log.error("could not save the model snapshot %s: %s", self.snapshot.path, exc)
 
     def _startup_requests(self) -> list[tuple[RegisterRequest, dict[str, Any]]]:
-        """What to register at start: the snapshot's models when there is one (load_models
-        is then ignored, as TorchServe does), else load_models."""
+        """What to register at start: the snapshot's models (with their versions, defaults,
+        workers and batching as they were), plus each load_models entry whose name the
+        snapshot does not have. TorchServe ignores its ``--models`` once a snapshot exists,
+        which silently drops a model added to the config later; here the config is always
+        served, and the snapshot keeps what the management API changed."""
+        configured = [(RegisterRequest(url=url, model_name=name), {"loaded_at_startup": True})
+                      for name, url in self.startup_archives()]
         saved = self.snapshot.load() if self.snapshot is not None else None
         if saved is None:
-            return [(RegisterRequest(url=url, model_name=name), {"loaded_at_startup": True})
-                    for name, url in self.startup_archives()]
-        log.info("restoring %d model version(s) from %s (load_models is ignored while a "
-                 "snapshot exists)", len(saved), self.snapshot and self.snapshot.path)
+            return configured
+        log.info("restoring %d model version(s) from %s", len(saved),
+                 self.snapshot and self.snapshot.path)
         out = []
         for entry in saved:
             try:
@@ -429,7 +433,10 @@ class DataPlane:
                 log.error("snapshot entry %s is invalid, skipped: %s", entry.get("name"), exc)
                 continue
             out.append((req, entry))
-        return out
+        names = {entry.get("name") for entry in saved}
+        urls = {entry.get("url") for entry in saved}
+        return out + [(req, extra) for req, extra in configured  # named: by name, else url
+                      if (req.model_name not in names if req.model_name else req.url not in urls)]
 
     async def load_startup_models(self) -> list[str]:
         """Register the snapshot's or the configured models; returns error messages (the
