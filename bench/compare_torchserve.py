@@ -99,6 +99,15 @@ def wait_ready(url: str, timeout: float = 180) -> None:
     raise RuntimeError(f"model not ready: {url}")
 
 
+def ready_or_stop(proc: subprocess.Popen, url: str) -> None:
+    """Wait for the model; a server that never gets there is stopped, not left behind."""
+    try:
+        wait_ready(url)
+    except BaseException:
+        stop(proc)
+        raise
+
+
 def start_torchserve(ts_python: Path, store: Path, archive: str, work: Path,
                      extra_env: dict[str, str]) -> tuple:
     ports = [free_port() for _ in range(3)]
@@ -122,7 +131,7 @@ def start_torchserve(ts_python: Path, store: Path, archive: str, work: Path,
          str(store), "--ts-config", str(props), "--models", f"{archive[:-4]}={archive}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work,
         start_new_session=True)
-    wait_ready(f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
+    ready_or_stop(proc, f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
     return proc, ports
 
 
@@ -133,13 +142,13 @@ def start_modelserve(store: Path, archive: str, work: Path) -> tuple:
         "inference_port": ports[0], "management_port": ports[1], "metrics_port": ports[2],
         "model_store": str(store), "load_models": [f"{archive[:-4]}={archive}"],
         "workdir": str(work / f"ms-{archive[:-4]}"), "log_level": "warning",
-        "model_snapshot": False,
+        "model_snapshot": False, "grpc_inference_port": free_port(),
         "disable_token_auth": True,  # measure serving, not auth (tests/test_auth.py covers it)
     }))
     proc = subprocess.Popen([sys.executable, "-m", "modelserve", "start", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    wait_ready(f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
+    ready_or_stop(proc, f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
     return proc, ports
 
 

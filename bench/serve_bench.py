@@ -124,12 +124,13 @@ def children(pid: int) -> list[int]:
 class ServerUnderTest:
     def __init__(self, store: Path, model: str, workdir: Path,
                  extra: dict | None = None) -> None:
-        self.ports = [free_port() for _ in range(3)]
+        self.ports = [free_port() for _ in range(4)]
         config = {
             "inference_port": self.ports[0], "management_port": self.ports[1],
-            "metrics_port": self.ports[2], "model_store": str(store),
-            "load_models": [f"{model}={model}.mar"], "workdir": str(workdir / "work"),
-            "log_level": "warning", "disable_token_auth": True, **(extra or {}),
+            "metrics_port": self.ports[2], "grpc_inference_port": self.ports[3],
+            "model_store": str(store), "load_models": [f"{model}={model}.mar"],
+            "workdir": str(workdir / "work"), "log_level": "warning",
+            "disable_token_auth": True, "model_snapshot": False, **(extra or {}),
         }
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
