@@ -55,7 +55,8 @@ class WrkResult:
 
     @property
     def rps(self) -> float:
-        return self.requests / self.duration_s
+        """Successful (2xx/3xx) answers per second: a refused request is not throughput."""
+        return (self.requests - self.status_errors) / self.duration_s
 
     @property
     def errors(self) -> int:
