@@ -36,7 +36,8 @@ def start_server(store: Path, model: str, work: Path) -> tuple[subprocess.Popen,
     config = {"inference_port": ports["inference"], "management_port": ports["management"],
               "metrics_port": ports["metrics"], "grpc_inference_port": ports["grpc"],
               "model_store": str(store), "load_models": [f"{model}={model}.mar"],
-              "workdir": str(work / "work"), "log_level": "warning"}
+              "workdir": str(work / "work"), "log_level": "warning",
+              "disable_token_auth": True, "model_snapshot": False}
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "modelserve", "start", "--config",
