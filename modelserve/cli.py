@@ -55,10 +55,17 @@ def _print_banner(settings: object, errors: list[str]) -> None:
         typer.echo(f"Token keys (inference, management): {settings.key_path}")
         auth = (f"-H \"Authorization: Bearer $({sys.executable} -m modelserve key inference "
                 f"--key-file {settings.key_path})\" ")
-    typer.echo(
-        f"Try: curl -s http://{host}:{settings.inference_port}/predictions/digits {auth}"
-        f"-H 'Content-Type: application/json' -d '[{sample}]'"
-    )
+    serves_digits = any(
+        item in ("digits.mar", "digits=digits.mar")
+        or (item == "all" and (settings.model_store / "digits.mar").exists())
+        for item in settings.load_models)
+    if serves_digits:  # the example model: a request that answers "zero"
+        typer.echo(
+            f"Try: curl -s http://{host}:{settings.inference_port}/predictions/digits {auth}"
+            f"-H 'Content-Type: application/json' -d '[{sample}]'"
+        )
+    else:
+        typer.echo(f"Try: curl -s http://{host}:{settings.inference_port}/ping")
     typer.echo("Press Ctrl-C to stop the server and its workers.")
 
 
