@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         description="Archives to register at start: 'NAME=ARCHIVE', 'ARCHIVE' or 'all'.",
     )
     default_workers_per_model: int = Field(1, ge=0, description="Workers per model at start.")
+    max_workers_per_model: int = Field(
+        64, ge=1, description="Most worker processes one model version may ask for (registration, "
+        "model-config.yaml or the scale API): a typo must not fork thousands of processes.")
     batch_size: int = Field(1, ge=1, description="Default maximum batch size.")
     max_batch_delay: float = Field(100.0, ge=0, description="Default batch wait, milliseconds.")
     response_timeout: float = Field(120.0, gt=0, description="Seconds a batch may take.")

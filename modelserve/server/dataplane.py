@@ -197,6 +197,7 @@ class DataPlane:
             )
         except ValueError as exc:
             raise BadRequestError(f"invalid model configuration: {exc}") from None
+        self._check_worker_count(config.min_workers, "minWorkers / initial_workers")
         deps = await self._requirements(archive)
 
         async with self._locks[name]:
@@ -275,6 +276,11 @@ class DataPlane:
         return ModelVersion(name, version, req.url, archive, config, pool, batcher, metrics,
                             loaded_at_startup)
 
+    def _check_worker_count(self, count: int, what: str) -> None:
+        cap = self.settings.max_workers_per_model
+        if count > cap:
+            raise BadRequestError(f"{what} of {count} is over max_workers_per_model ({cap})")
+
     async def scale(self, name: str, version: str | None, min_worker: int,
                     max_worker: int | None, synchronous: bool) -> tuple[int, str]:
         mv = self.registry.get(name, version)
@@ -282,6 +288,7 @@ class DataPlane:
             raise BadRequestError("min_worker cannot be negative.")
         if max_worker is not None and max_worker < min_worker:
             raise BadRequestError("max_worker cannot be less than min_worker.")
+        self._check_worker_count(max(min_worker, max_worker or 0), "min_worker / max_worker")
         mv.config.min_workers = min_worker
         mv.config.max_workers = max(max_worker or min_worker, min_worker)
         self.save_state()
