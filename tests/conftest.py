@@ -66,6 +66,17 @@ def child_pids(pid: int) -> set[int]:
     return children
 
 
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
+    """Poll until ``predicate()`` is truthy and return that value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

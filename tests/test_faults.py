@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from modelserve.archive import create_archive
-from tests.conftest import Server, pid_alive
+from tests.conftest import Server, pid_alive, wait_for
 
 FAULT_HANDLER = textwrap.dedent('''
     """Test handler: echoes, sleeps, or dies on request; may load slowly."""
@@ -85,16 +85,6 @@ def describe(srv: Server, name: str = "fault") -> dict:
 
 def ready_pids(srv: Server, name: str = "fault") -> list[int]:
     return [w["pid"] for w in describe(srv, name)["workers"] if w["status"] == "READY"]
-
-
-def wait_for(predicate, timeout: float = 30.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def predict(srv: Server, body: dict, name: str = "fault", timeout: float = 60) -> httpx.Response:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from modelserve.cli import DIGIT_ZERO
-from tests.conftest import copy_archive, pid_alive
+from tests.conftest import copy_archive, pid_alive, wait_for
 
 
 def describe(server, name: str) -> dict:
@@ -19,16 +19,6 @@ def describe(server, name: str) -> dict:
     assert r.status_code == 200, r.text
     [model] = r.json()
     return model
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_list_models(server):
@@ -95,7 +85,8 @@ def test_async_registration_returns_202_then_loads(server):
     assert r.status_code == 202
     assert r.json() == {"status": "Processing worker updates..."}
     wait_for(lambda: describe(server, "digits_async")["workers"]
-             and describe(server, "digits_async")["workers"][0]["status"] == "READY")
+             and describe(server, "digits_async")["workers"][0]["status"] == "READY",
+             timeout=60)
     r = httpx.post(f"{server.inference}/predictions/digits_async", json=DIGIT_ZERO)
     assert r.status_code == 200
     assert httpx.delete(f"{server.management}/models/digits_async").status_code == 200

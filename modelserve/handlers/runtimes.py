@@ -14,12 +14,10 @@ The format comes from the file's contents where the name is ambiguous (``.pt``, 
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import logging
 import platform
-import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from modelserve.pyfile import import_file
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,9 @@ def load_model(path: Path | None, device: torch.device, model_file: Path | None 
 # -- eager: model file + state_dict -----------------------------------------------------------
 def model_class(model_file: Path) -> type[torch.nn.Module]:
     """The model file's one ``nn.Module`` class (TorchServe: exactly one class defined)."""
-    name = model_file.stem
-    if str(model_file.parent) not in sys.path:
-        sys.path.insert(0, str(model_file.parent))  # it may import its sibling files
-    spec = importlib.util.spec_from_file_location(name, model_file)
-    if spec is None or spec.loader is None:
+    module = import_file(model_file)
+    if module is None:
         raise ValueError(f"cannot import model file {model_file.name}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
     classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
                if c.__module__ == module.__name__]
     if len(classes) != 1:

@@ -10,14 +10,13 @@ and whose ``handle(data, ctx)`` serves each batch.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from modelserve.pyfile import import_file
 from modelserve.worker.context import Context
 
 Entry = Callable[[list[dict[str, Any]] | None, Context], Any]
@@ -32,14 +31,9 @@ class HandlerLoadError(RuntimeError):
 def _import_handler_module(module_name: str, model_dir: Path) -> ModuleType:
     local = model_dir / f"{module_name}.py"
     if local.is_file():
-        if str(model_dir) not in sys.path:
-            sys.path.insert(0, str(model_dir))
-        spec = importlib.util.spec_from_file_location(module_name, local)
-        if spec is None or spec.loader is None:
+        module = import_file(local)
+        if module is None:
             raise HandlerLoadError(f"cannot import handler file {local}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
         return module
     for candidate in (f"{BUILTIN_PACKAGE}.{module_name}", module_name):
         try:
