@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Temp file beside ``path`` (created with ``mode``, so secrets are never readable by
-    others even for an instant), fsync, then ``os.replace``. Raises OSError, leaving
-    ``path`` as it was."""
+    """A uniquely named temp file beside ``path`` (created 0600 by mkstemp, then ``mode``, so
+    secrets are never readable by others even for an instant), fsync, then ``os.replace``.
+    Raises OSError, leaving ``path`` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # a unique name: two threads (registrations run archive work in threads) must not share it
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        os.fchmod(fd, mode)  # the umask may have narrowed or the file existed
+        os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

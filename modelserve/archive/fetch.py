@@ -8,8 +8,10 @@ as TorchServe's); http(s) archives are downloaded once into the work directory.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,15 +32,16 @@ def _download(url: str, workdir: Path) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".part")
+    fd, name = tempfile.mkstemp(dir=target.parent, suffix=".part")  # unique per download
+    partial = Path(name)
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-                open(partial, "wb") as out:
+                open(fd, "wb") as out:
             shutil.copyfileobj(response, out, 1 << 20)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         partial.unlink(missing_ok=True)
         raise BadRequestError(f"Failed to download archive from {url}: {exc}") from None
-    partial.rename(target)
+    os.replace(partial, target)
     return target
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tarfile
 import tempfile
@@ -22,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from modelserve.archive.manifest import MANIFEST_PATH, Manifest
+from modelserve.atomic import write_atomic
 
 
 class ArchiveError(ValueError):
@@ -206,10 +206,7 @@ def _cache_key(source: Path, workdir: Path) -> str:
         pass
     digest = _content_hash(source)
     if source.stat().st_mtime_ns == stat.st_mtime_ns:  # not rewritten while we read it
-        sidecar.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
-        os.replace(tmp, sidecar)
+        write_atomic(sidecar, json.dumps({"stamp": stamp, "sha256": digest}).encode(), 0o644)
     return digest[:16]
 
 
@@ -229,6 +226,11 @@ def _extract(source: Path, workdir: Path, limits: Limits) -> Path:
             raise ArchiveError(f"{source.name} is neither a zip (.mar) nor a tar.gz archive")
         _find_root(tmp)
         tmp.rename(target)
+    except OSError:
+        if not target.is_dir():  # else another registration extracted the same content first
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

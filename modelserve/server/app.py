@@ -122,7 +122,8 @@ async def run_server(settings: Settings,
         for s in listeners:
             s.should_exit = True
         if grpc_server is not None:
-            await grpc_server.stop(grace=5)
+            # in-flight calls get the same deadline as HTTP requests (workers still run)
+            await grpc_server.stop(grace=max(0.0, deadline - loop.time()))
         await asyncio.gather(*tasks, return_exceptions=True)
         await dataplane.shutdown(grace=max(0.0, deadline - loop.time()))
         log.info("stopped")

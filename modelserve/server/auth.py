@@ -80,9 +80,18 @@ class KeyStore:
         body = {t: {"key": keys[t]} for t in KEY_TYPES}
         write_atomic(self.path, json.dumps(body, indent=2).encode(), 0o600)
 
+    @property
+    def keys(self) -> dict[str, str]:
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: dict[str, str]) -> None:
+        """Also the header each key is sent in, built once rather than per request."""
+        self._keys = keys
+        self._headers = {t: b"Bearer " + k.encode() for t, k in keys.items()}
+
     def check(self, key_type: str, header: bytes | None) -> bool:
-        expected = b"Bearer " + self.keys[key_type].encode()
-        return header is not None and hmac.compare_digest(header, expected)
+        return header is not None and hmac.compare_digest(header, self._headers[key_type])
 
     def rotate(self, key_type: str) -> str:
         """A new key of ``key_type``; the old one stops working once the file is written."""
