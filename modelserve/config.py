@@ -8,7 +8,7 @@ parameters, as in TorchServe.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     )
     threads_per_worker: int | None = Field(
         None, ge=1, description="Torch/ONNX threads per worker; default cores / workers."
+    )
+    worker_start: Literal["zygote", "spawn"] = Field(
+        "zygote", description="zygote: workers are forked from one process that imported torch "
+        "once, so they share its memory and start without importing it again; spawn: each "
+        "worker is a fresh interpreter. Models with their own requirements are always spawned."
     )
     workdir: Path = Field(Path(".modelserve"), description="Extracted archives live here.")
     # -- security ---------------------------------------------------------------------------

@@ -66,6 +66,14 @@ def child_pids(pid: int) -> set[int]:
     return children
 
 
+def is_zygote(pid: int) -> bool:
+    """The worker zygote; the workers it forks share its command line but not its parent."""
+    try:
+        return b"modelserve.worker.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
     """Poll until ``predicate()`` is truthy and return that value; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -142,15 +150,22 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def worker_pids(self) -> set[int]:
+    def zygote_pids(self) -> set[int]:
         assert self.proc is not None
-        return child_pids(self.proc.pid)
+        return {pid for pid in child_pids(self.proc.pid) if is_zygote(pid)}
+
+    def worker_pids(self) -> set[int]:
+        """Spawned workers (the server's children) and those the zygote forked."""
+        assert self.proc is not None
+        zygotes = self.zygote_pids()
+        forked = set().union(*(child_pids(z) for z in zygotes))
+        return (child_pids(self.proc.pid) - zygotes) | forked
 
     def stop(self, timeout: float = 30) -> set[int]:
         """SIGTERM, wait, and return any worker that outlived the server (should be none)."""
         if self.proc is None or self.proc.poll() is not None:
             return set()
-        workers = self.worker_pids()
+        workers = self.worker_pids() | self.zygote_pids()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from modelserve.cli import DIGIT_ZERO
-from tests.conftest import Server
+from tests.conftest import Server, child_pids
 
 ARCHIVER = [sys.executable, "-m", "model_archiver.model_packaging"]
 FORMATS = ["default", "tgz", "no-archive", "zip-store"]
@@ -182,6 +182,9 @@ def test_torch_model_archiver_archives_serve(ts_server, fmt):
         # model-config.yaml inside the archive is honoured
         assert (desc["batchSize"], desc["maxBatchDelay"], desc["responseTimeout"]) == (4, 7, 33)
         assert desc["maxWorkers"] == 2 and desc["deviceType"] == "cpu"
+        # its requirements are installed for it alone: its worker is a fresh interpreter,
+        # not forked from the zygote (whose modules it must not meet)
+        assert {w["pid"] for w in desc["workers"]} <= child_pids(ts_server.proc.pid)
     finally:
         httpx.delete(f"{ts_server.management}/models/{name}", timeout=60)
 

@@ -36,6 +36,7 @@ from modelserve.server.registry import ModelRegistry, ModelVersion
 from modelserve.server.snapshot import Snapshot
 from modelserve.server.streaming import Stream
 from modelserve.server.workers import WorkerSpec
+from modelserve.server.zygote import Zygote
 
 log = logging.getLogger("modelserve.dataplane")
 
@@ -58,6 +59,8 @@ class DataPlane:
         metrics.processes.versions = self.registry.all
         self.draining = False  # set at SIGTERM: readiness turns false, liveness stays true
         self.snapshot = Snapshot(settings.state_path) if settings.model_snapshot else None
+        self.zygote = (Zygote(settings.startup_timeout) if settings.worker_start == "zygote"
+                       else None)
 
     # -- inference (hot path) ----------------------------------------------------------------
     async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
@@ -269,7 +272,7 @@ class DataPlane:
         def on_change() -> None:
             batcher.wake()
 
-        pool = WorkerPool(spec, self._threads, on_change, on_batch_done)
+        pool = WorkerPool(spec, self._threads, on_change, on_batch_done, self.zygote)
         batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
                           config.job_queue_size, queue_timeout_s=config.response_timeout)
         pool.requeue = batcher.requeue
@@ -494,3 +497,5 @@ class DataPlane:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(self._discard(mv, grace) for mv in self.registry.all()))
+        if self.zygote is not None:
+            await self.zygote.close()

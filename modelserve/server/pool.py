@@ -12,6 +12,7 @@ from typing import Any
 from modelserve.errors import ModelServeError
 from modelserve.server.jobs import Job
 from modelserve.server.workers import WorkerProcess, WorkerSpec
+from modelserve.server.zygote import Zygote
 
 log = logging.getLogger("modelserve.pool")
 
@@ -29,9 +30,12 @@ def cpu_count() -> int:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, threads: Callable[[], int], on_change: Callable[[], None],
-                 on_batch_done: Callable[[list[Job], float, list[Any]], None]) -> None:
-        """``threads`` says, when a worker starts, how many threads it should use."""
+                 on_batch_done: Callable[[list[Job], float, list[Any]], None],
+                 zygote: Zygote | None = None) -> None:
+        """``threads`` says, when a worker starts, how many threads it should use; workers
+        are forked by ``zygote`` when there is one."""
         self.spec = spec
+        self.zygote = zygote
         self._threads = threads
         self.workers: list[WorkerProcess] = []
         self.target = 0
@@ -99,7 +103,7 @@ class WorkerPool:
 
     async def _start_one(self) -> None:
         worker = WorkerProcess(self.spec, self._next_index, self._threads(), self._on_change,
-                               self._exited)
+                               self._exited, self.zygote)
         self._next_index += 1
         worker.on_batch_done = self._on_batch_done
         worker.on_orphans = self._orphans

@@ -1,8 +1,10 @@
 """Worker processes, frontend side: spawn, talk to, time out, restart.
 
-Each worker is a fresh ``python -m modelserve.worker`` joined to the frontend by a Unix
-socketpair. Up to ``pipeline_depth`` batches are in flight per worker so the next batch is
-already in the socket when one finishes. A dead worker fails its in-flight requests at once,
+Each worker runs ``modelserve.worker`` joined to the frontend by a Unix socketpair: forked
+by the zygote (``modelserve.server.zygote``), or a fresh interpreter when the zygote is off
+or the model has its own installed requirements (which must not meet the zygote's modules).
+Up to ``pipeline_depth`` batches are in flight per worker so the next batch is already in the
+socket when one finishes. A dead worker fails its in-flight requests at once,
 with its exit cause and last stderr lines, and the pool starts a replacement with backoff.
 """
 
@@ -27,6 +29,7 @@ from modelserve.errors import ModelServeError, RequestTimeoutError, WorkerDiedEr
 from modelserve.server import streaming
 from modelserve.server.jobs import Job, Result
 from modelserve.server.procfs import rss_bytes
+from modelserve.server.zygote import ForkedProcess, Zygote, ZygoteError
 
 log = logging.getLogger("modelserve.workers")
 
@@ -58,10 +61,9 @@ class WorkerSpec:
                 [*self.extra_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
         return env
 
-    def argv(self, fd: int, index: int, threads: int) -> list[str]:
+    def args(self, index: int, threads: int) -> list[str]:
+        """``python -m modelserve.worker`` arguments, but for ``--fd``."""
         return [
-            sys.executable, "-m", "modelserve.worker",
-            "--fd", str(fd),
             "--model-dir", self.model_dir,
             "--model-name", self.model_name,
             "--model-version", self.model_version,
@@ -98,8 +100,10 @@ class WorkerProcess:
     """One worker: its process, socket, in-flight batches and state."""
 
     def __init__(self, spec: WorkerSpec, index: int, threads: int,
-                 on_change: Callable[[], None], on_exit: Callable[[WorkerProcess], None]) -> None:
+                 on_change: Callable[[], None], on_exit: Callable[[WorkerProcess], None],
+                 zygote: Zygote | None = None) -> None:
         self.spec = spec
+        self.zygote = zygote
         self.index = index
         self.threads = threads
         self.id = next(_worker_ids)
@@ -116,7 +120,7 @@ class WorkerProcess:
         self._ids = itertools.count()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._streams: dict[int, dict[int, streaming.Stream | None]] = {}  # batches that stream
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.on_batch_done: Callable[[list[Job], float, list[Any]], None] | None = None
@@ -130,10 +134,7 @@ class WorkerProcess:
     async def start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._proc = await spawn_process(
-                self.spec.argv(child.fileno(), self.index, self.threads), child.fileno(),
-                self.spec.env(self.threads),
-            )
+            self._proc = await self._launch(child.fileno())
         finally:
             child.close()
         self.pid = self._proc.pid
@@ -157,6 +158,16 @@ class WorkerProcess:
         self.status = "READY"
         self._tasks.append(asyncio.create_task(self._read_results(reader)))
         self._on_change()
+
+    async def _launch(self, fd: int) -> asyncio.subprocess.Process | ForkedProcess:
+        args, env = self.spec.args(self.index, self.threads), self.spec.env(self.threads)
+        if self.zygote is not None and not self.spec.extra_paths:
+            try:
+                return await self.zygote.fork(args, env, fd)
+            except ZygoteError as exc:
+                log.warning("%s; starting a fresh interpreter instead", exc)
+        argv = [sys.executable, "-m", "modelserve.worker", *args, "--fd", str(fd)]
+        return await spawn_process(argv, fd, env)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Finish in-flight batches (up to ``grace`` seconds), then end the process."""

@@ -25,6 +25,7 @@ from modelserve.worker import streaming, ts_compat
 from modelserve.worker.codec import StreamFound, decode_request, encode_response, error_response
 from modelserve.worker.context import Context
 from modelserve.worker.loader import Entry, load_entry
+from modelserve.worker.threads import die_with_parent, preset_thread_env
 from modelserve.worker.v2 import V2Runner
 
 log = logging.getLogger("modelserve.worker")
@@ -44,19 +45,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device-type", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
-
-
-def _limit_threads(threads: int) -> None:
-    """workers x threads ~= cores: oversubscription is the main CPU-serving slowdown.
-
-    The variables are read when torch/onnxruntime load; a handler that never imports torch
-    does not pay for importing it here.
-    """
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    # Idle OpenMP threads otherwise spin for a while after each op, burning the CPU the
-    # frontend needs (measured: 0.70 -> 0.20 ms of worker CPU per digits request).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _apply_torch_threads(threads: int) -> None:
@@ -161,25 +149,9 @@ class Worker:
             return self.streamer.run_list(results, ctx)
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker if the frontend dies, even by SIGKILL, so a
-    worker busy in a long batch (not reading its socket) is never left an orphan."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     # Ctrl-C and a group-wide SIGTERM (systemd, `timeout`) are the frontend's to handle: it
     # drains and stops its workers; if the frontend dies, the socket closes and we exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -192,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.fd)
     started = time.perf_counter()
     try:
-        _limit_threads(args.threads)
+        preset_thread_env(args.threads)
         gpu = _pick_gpu(args.index, args.device_type)
         context = Context(
             model_name=args.model_name,

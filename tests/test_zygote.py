@@ -1,0 +1,98 @@
+"""Workers forked from the zygote: shared memory, parentage, and what happens when it dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, child_pids, pid_alive, wait_for
+
+DIGIT = {"data": [0.0] * 64}
+
+
+@pytest.fixture
+def make_server(model_store: Path, tmp_path: Path) -> Iterator:
+    made: list[Server] = []
+
+    def make(config: dict) -> Server:
+        srv = Server(tmp_path / f"srv{len(made)}", model_store, ["digits=digits.mar"],
+                     extra_config=config)
+        srv.root.mkdir()
+        made.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in made:
+        assert not srv.stop(), "a process outlived its server"
+
+
+def shared_dirty_mb(pid: int) -> float:
+    """Written pages this process shares with another (here: what the zygote imported)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Shared_Dirty:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no Shared_Dirty line")
+
+
+def ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def predict_ok(srv: Server) -> bool:
+    r = httpx.post(f"{srv.inference}/predictions/digits", json=DIGIT, timeout=30)
+    return r.status_code == 200 and "class" in r.text
+
+
+def scale(srv: Server, workers: int) -> None:
+    r = httpx.put(f"{srv.management}/models/digits", timeout=60,
+                  params={"min_worker": workers, "max_worker": workers, "synchronous": "true"})
+    assert r.status_code == 200, r.text
+
+
+def ready_pids(srv: Server) -> set[int]:
+    [desc] = httpx.get(f"{srv.management}/models/digits").json()
+    return {w["pid"] for w in desc["workers"] if w["status"] == "READY"}
+
+
+def test_workers_fork_from_the_zygote_and_share_its_memory(make_server):
+    srv = make_server({})
+    scale(srv, 2)
+    [zygote] = srv.zygote_pids()
+    workers = ready_pids(srv)
+    assert len(workers) == 2 and workers == srv.worker_pids()
+    assert all(ppid(pid) == zygote for pid in workers)
+    # torch and the worker code were imported once, in the zygote: each worker shares those
+    # written pages (tens of MB) instead of holding its own copy
+    assert all(shared_dirty_mb(pid) > 30 for pid in workers), \
+        [shared_dirty_mb(pid) for pid in workers]
+    assert predict_ok(srv)
+
+
+def test_spawn_mode_starts_fresh_interpreters(make_server):
+    srv = make_server({"worker_start": "spawn"})
+    assert not srv.zygote_pids()
+    workers = ready_pids(srv)
+    assert workers and workers <= child_pids(srv.proc.pid)
+    assert all(b"modelserve.worker" in Path(f"/proc/{p}/cmdline").read_bytes() for p in workers)
+    assert predict_ok(srv)
+
+
+def test_a_killed_zygote_takes_its_workers_and_both_come_back(make_server):
+    srv = make_server({})
+    scale(srv, 2)
+    [zygote] = srv.zygote_pids()
+    workers = ready_pids(srv)
+    os.kill(zygote, signal.SIGKILL)
+    # its workers die with it (PDEATHSIG), the pool restarts them through a new zygote
+    wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=10)
+    wait_for(lambda: len(ready_pids(srv)) == 2 and not ready_pids(srv) & workers, timeout=60)
+    [again] = srv.zygote_pids()
+    assert again != zygote
+    assert all(ppid(pid) == again for pid in ready_pids(srv))
+    assert predict_ok(srv)
+    assert "worker zygote" in srv.log() and "exited" in srv.log()
