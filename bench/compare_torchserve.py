@@ -1,6 +1,7 @@
 """TorchServe 0.12 and modelserve side by side: same archives, same settings, same load.
 
-Both servers get one worker per model, batch size 8, ``max_batch_delay`` 5 ms, JSON bodies,
+Both servers get the same workers per model (``--workers``, default 1; with more, both get
+``OMP_NUM_THREADS`` = cores / workers), batch size 8, ``max_batch_delay`` 5 ms, JSON bodies,
 and the same TorchServe-style handler (``ts_tensor_handler.py``; modelserve runs it through its
 ``ts.*`` aliases). modelserve is also measured with its built-in ``tensor_handler`` archives.
 TorchServe runs with a WARN-level log4j2 config and ``disable_system_metrics=true``.
@@ -10,7 +11,11 @@ Setup (not part of ``make test``; TorchServe needs Java 17):
     python3 -m venv bench/.ts-venv
     bench/.ts-venv/bin/pip install torch==2.13.0 torchserve==0.12.0 torch-model-archiver==0.12.0 \
         pyyaml psutil
-    .venv/bin/python bench/compare_torchserve.py --model-store model_store
+    .venv/bin/python bench/compare_torchserve.py --model-store model_store [--workers 2]
+    .venv/bin/python bench/compare_torchserve.py --model-store model_store --memory-only
+
+``--memory-only`` registers every model in one server of each kind (one worker each, as a
+deployment serving both would) and prints the idle PSS of each server's process tree.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_bench  # noqa: E402
-from serve_bench import HOST, bodies, free_port, pss_mb, run_load  # noqa: E402
+from serve_bench import HOST, bodies, descendants, free_port, pss_mb, run_load  # noqa: E402
 
 from modelserve.archive import create_archive  # noqa: E402
 
@@ -45,23 +50,6 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
   <Loggers><Root level="warn"><AppenderRef ref="STDOUT"/></Root></Loggers>
 </Configuration>
 """
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
 
 
 def tree_pss_mb(pid: int) -> float:
@@ -108,7 +96,14 @@ def ready_or_stop(proc: subprocess.Popen, url: str) -> None:
         raise
 
 
-def start_torchserve(ts_python: Path, store: Path, archive: str, work: Path,
+def scale(port: int, name: str, workers: int) -> None:
+    """Both servers take TorchServe's scale call; synchronous waits for the workers."""
+    url = (f"http://{HOST}:{port}/models/{name}?min_worker={workers}&max_worker={workers}"
+           "&synchronous=true")
+    urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=300).read()
+
+
+def start_torchserve(ts_python: Path, store: Path, archives: list[str], work: Path,
                      extra_env: dict[str, str]) -> tuple:
     ports = [free_port() for _ in range(3)]
     (work / "log4j2.xml").write_text(LOG4J2)
@@ -128,27 +123,29 @@ def start_torchserve(ts_python: Path, store: Path, archive: str, work: Path,
     subprocess.run([str(bin_dir / "torchserve"), "--stop"], env=env, capture_output=True)
     proc = subprocess.Popen(
         [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs", "--model-store",
-         str(store), "--ts-config", str(props), "--models", f"{archive[:-4]}={archive}"],
+         str(store), "--ts-config", str(props), "--models", *(f"{a[:-4]}={a}" for a in archives)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work,
         start_new_session=True)
-    ready_or_stop(proc, f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
+    for archive in archives:
+        ready_or_stop(proc, f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
     return proc, ports
 
 
-def start_modelserve(store: Path, archive: str, work: Path) -> tuple:
+def start_modelserve(store: Path, archives: list[str], work: Path) -> tuple:
     ports = [free_port() for _ in range(3)]
     config = work / "modelserve.yaml"
     config.write_text(yaml.safe_dump({
         "inference_port": ports[0], "management_port": ports[1], "metrics_port": ports[2],
-        "model_store": str(store), "load_models": [f"{archive[:-4]}={archive}"],
-        "workdir": str(work / f"ms-{archive[:-4]}"), "log_level": "warning",
+        "model_store": str(store), "load_models": [f"{a[:-4]}={a}" for a in archives],
+        "workdir": str(work / f"ms-{archives[0][:-4]}"), "log_level": "warning",
         "model_snapshot": False, "grpc_inference_port": free_port(),
         "disable_token_auth": True,  # measure serving, not auth (tests/test_auth.py covers it)
     }))
     proc = subprocess.Popen([sys.executable, "-m", "modelserve", "start", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    ready_or_stop(proc, f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
+    for archive in archives:
+        ready_or_stop(proc, f"http://{HOST}:{ports[1]}/models/{archive[:-4]}")
     return proc, ports
 
 
@@ -184,8 +181,14 @@ def main() -> None:
     parser.add_argument("--loadgen", choices=["wrk", "python"], default=serve_bench.LOADGEN,
                         help="load generator (default: wrk when installed)")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="workers per model, both servers")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="idle PSS with every model registered in one server of each kind")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.memory_only:
+        memory_only(args)
+        return
     serve_bench.LOADGEN = args.loadgen
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ts-compare-") as tmp:
@@ -193,23 +196,28 @@ def main() -> None:
         store = work / "store"
         store.mkdir()
         src = args.model_store.resolve()
+        threads = {} if args.workers == 1 else {
+            "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // args.workers))}
         for model in args.models:
             archive = ts_archive(store, src, model, work)
             for name, starter, run_store, run_archive in (
-                ("torchserve", lambda a, s: start_torchserve(args.ts_python, s, a, work, {}),
+                ("torchserve", lambda a, s: start_torchserve(args.ts_python, s, [a], work,
+                                                             threads),
                  store, archive),
                 # modelserve's workers sleep idle OpenMP threads; give TorchServe the same
                 ("torchserve OMP_WAIT_POLICY=PASSIVE",
-                 lambda a, s: start_torchserve(args.ts_python, s, a, work,
-                                               {"OMP_WAIT_POLICY": "PASSIVE"}),
+                 lambda a, s: start_torchserve(args.ts_python, s, [a], work,
+                                               {"OMP_WAIT_POLICY": "PASSIVE", **threads}),
                  store, archive),
-                ("modelserve (same ts handler)", lambda a, s: start_modelserve(s, a, work),
+                ("modelserve (same ts handler)", lambda a, s: start_modelserve(s, [a], work),
                  store, archive),
-                ("modelserve (tensor_handler)", lambda a, s: start_modelserve(s, a, work),
+                ("modelserve (tensor_handler)", lambda a, s: start_modelserve(s, [a], work),
                  src, f"{model}.mar"),
             ):
                 proc, ports = starter(run_archive, run_store)
                 try:
+                    if args.workers != 1:
+                        scale(ports[1], run_archive[:-4], args.workers)
                     rows += measure(name, proc, ports[0], model, run_archive[:-4],
                                     args.concurrency, args.duration)
                 finally:
@@ -235,6 +243,39 @@ def main() -> None:
             print(f"  {r['server']:34} {r['model']:7} c={r['c']:<3} "
                   f"{r['rps'] / ts['rps']:.2f}x throughput, {r['p99'] / ts['p99']:.2f}x p99, "
                   f"{r['idle_pss_mb'] / ts['idle_pss_mb']:.2f}x idle PSS")
+
+
+def memory_only(args: argparse.Namespace) -> None:
+    """Idle PSS of each server's whole process tree with every model registered."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ts-compare-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        store.mkdir()
+        src = args.model_store.resolve()
+        archives = [ts_archive(store, src, model, work) for model in args.models]
+        for name, starter in (
+            ("torchserve", lambda: start_torchserve(args.ts_python, store, archives, work, {})),
+            ("modelserve (same ts handler)", lambda: start_modelserve(store, archives, work)),
+            ("modelserve (tensor_handler)",
+             lambda: start_modelserve(src, [f"{m}.mar" for m in args.models], work)),
+        ):
+            proc, _ = starter()
+            try:
+                time.sleep(5)  # let start-up work settle
+                pids = descendants(proc.pid)
+                rows.append({"server": name, "models": args.models, "processes": len(pids),
+                             "idle_pss_mb": pss_mb(pids)})
+            finally:
+                stop(proc)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    base = rows[0]["idle_pss_mb"]
+    print(f"idle PSS, models {' + '.join(args.models)}, one worker each:")
+    for r in rows:
+        print(f"  {r['server']:30} {r['processes']} processes {r['idle_pss_mb']:7.0f} MB "
+              f"({r['idle_pss_mb'] / base:.2f}x TorchServe)")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ For each model (``digits``: serving overhead; ``resnet``: compute-bound) it meas
      (batch = the archive's batchSize) and single-request latency;
   2. the load generator's own ceiling against a trivial endpoint (``trivial_server.py``) and
      against the server's ``GET /ping``: it must sit well above 3.;
-  3. the real server (one worker, the archive's batch size and delay) under closed-loop load
-     at each concurrency, and at fixed arrival rates (open loop, ``--rate``): requests/s,
-     p50/p90/p99, errors, mean batch size, frontend and worker RSS, PSS of the whole server.
+  3. the real server (``--workers``, default one, the archive's batch size and delay) under load
+     closed-loop at each concurrency, and at fixed arrival rates (open loop, ``--rate``):
+     requests/s, p50/p90/p99, errors, mean batch size, the share of the direct ceiling
+     (the faster layout of 1.), frontend and worker RSS, PSS of the whole server.
 
     python bench/serve_bench.py --model-store model_store [--duration 10] [--json]
-        [--loadgen wrk|python] [--concurrency 1 8 32 128] [--rate 500 2000]
+        [--loadgen wrk|python] [--concurrency 1 8 32 128] [--rate 500 2000] [--workers 2]
 
 The closed-loop rows use wrk when it is installed (``apt-get install wrk``), else the Python
 generator in ``loadgen.py``; open-loop rows always use ``loadgen.py``.
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,27 +65,41 @@ def bodies(model: str) -> dict[str, tuple[bytes, str]]:
 
 
 def direct(store: Path, model: str, batch: int, seconds: float = 5.0) -> dict[str, float]:
-    """The model's own speed: TorchScript from the archive, all cores, inference_mode."""
+    """The model's own speed: TorchScript from the archive, inference_mode, two layouts of
+    the cores: one stream of batches with every core as an intra-op thread, and one stream
+    per core with one thread each (what N single-thread workers do). The faster is the
+    ceiling the served numbers are compared with."""
     import torch
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(store / f"{model}.mar") as zf:
         zf.extract(f"{model}.pt", tmp)
         net = torch.jit.load(f"{tmp}/{model}.pt").eval()
-    results: dict[str, float] = {}
-    for size, key in ((batch, "batched"), (1, "single")):
-        x = torch.rand(size, *SHAPES[model])
+
+    def timed(x: torch.Tensor, seconds: float) -> list[float]:
+        times = []
         with torch.inference_mode():
             for _ in range(5):
                 net(x)
-            times = []
-            stop = time.perf_counter() + seconds / 2
-            while time.perf_counter() < stop:
+            until = time.perf_counter() + seconds
+            while time.perf_counter() < until:
                 t0 = time.perf_counter()
                 torch.softmax(net(x), 1)
                 times.append(time.perf_counter() - t0)
+        return times
+
+    results: dict[str, float] = {}
+    torch.set_num_threads(cores)
+    for size, key in ((batch, "batched"), (1, "single")):
+        times = timed(torch.rand(size, *SHAPES[model]), seconds / 3)
         results[f"{key}_rps"] = size * len(times) / sum(times)
         results[f"{key}_p50_ms"] = sorted(times)[len(times) // 2] * 1000
+    torch.set_num_threads(1)  # each new thread starts with one intra-op thread
+    x = torch.rand(batch, *SHAPES[model])
+    with ThreadPoolExecutor(cores) as pool:
+        streams = [f.result() for f in [pool.submit(timed, x, seconds / 3) for _ in range(cores)]]
+    results["streams_rps"] = sum(batch * len(t) / sum(t) for t in streams)
+    results["ceiling_rps"] = max(results["batched_rps"], results["streams_rps"])
     return results
 
 
@@ -108,22 +124,27 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
-def children(pid: int) -> list[int]:
-    out = []
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: the worker zygote and the workers it forked too."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
-            except OSError:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.extend(children.get(current, []))
+        todo.extend(children.get(current, []))
     return out
 
 
 class ServerUnderTest:
     def __init__(self, store: Path, model: str, workdir: Path,
-                 extra: dict | None = None) -> None:
+                 extra: dict | None = None, workers: int = 1) -> None:
         self.ports = [free_port() for _ in range(4)]
         config = {
             "inference_port": self.ports[0], "management_port": self.ports[1],
@@ -144,6 +165,12 @@ class ServerUnderTest:
                 break
         else:
             raise RuntimeError("server did not start")
+        if workers != 1:
+            import urllib.request
+
+            url = (f"http://{HOST}:{self.ports[1]}/models/{model}?min_worker={workers}"
+                   f"&max_worker={workers}&synchronous=true")
+            urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=300).read()
 
     def batch_mean(self, model: str) -> tuple[float, float]:
         import urllib.request
@@ -155,10 +182,12 @@ class ServerUnderTest:
         return float(values.get("sum", 0)), float(values.get("count", 0))
 
     def memory(self) -> dict[str, float]:
-        workers = children(self.proc.pid)
+        """RSS of the frontend and of the rest (zygote + workers: shared pages counted in
+        each), and PSS of the whole tree (shared pages counted once)."""
+        others = descendants(self.proc.pid)
         return {"frontend_rss_mb": rss_mb(self.proc.pid),
-                "workers_rss_mb": sum(rss_mb(p) for p in workers),
-                "server_pss_mb": pss_mb([self.proc.pid, *workers])}
+                "workers_rss_mb": sum(rss_mb(p) for p in others),
+                "server_pss_mb": pss_mb([self.proc.pid, *others])}
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -208,12 +237,13 @@ def row(label: str, r: LoadResult | wrk.WrkResult,
 
 
 def bench_model(store: Path, model: str, concurrencies: list[int], rates: list[float],
-                duration: float) -> dict:
+                duration: float, workers: int = 1) -> dict:
     batch_size = yaml.safe_load(
         zipfile.ZipFile(store / f"{model}.mar").read(f"{model}-model-config.yaml"))["batchSize"]
-    report: dict = {"model": model, "direct": direct(store, model, batch_size), "rows": []}
+    report: dict = {"model": model, "direct": direct(store, model, batch_size), "rows": [],
+                    "workers": workers}
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerUnderTest(store, model, Path(tmp))
+        server = ServerUnderTest(store, model, Path(tmp), workers=workers)
         try:
             report["memory_idle"] = server.memory()
             port = server.ports[0]
@@ -244,19 +274,22 @@ def bench_model(store: Path, model: str, concurrencies: list[int], rates: list[f
 
 def print_report(report: dict) -> None:
     d = report["direct"]
-    print(f"\n== {report['model']} ==")
-    print(f"direct TorchScript: batched {d['batched_rps']:.0f} samples/s; "
-          f"single request p50 {d['single_p50_ms']:.3f} ms ({d['single_rps']:.0f}/s)")
+    print(f"\n== {report['model']} ({report['workers']} worker(s)) ==")
+    print(f"direct TorchScript: batched {d['batched_rps']:.0f} samples/s (all cores, one "
+          f"stream), {d['streams_rps']:.0f} samples/s (one stream per core); single request "
+          f"p50 {d['single_p50_ms']:.3f} ms ({d['single_rps']:.0f}/s)")
     print(f"{'case':40} {'c':>4} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>6} {'batch':>6}")
+          f"{'errors':>6} {'batch':>6} {'of ceiling':>7}")
     for r in report["rows"]:
         batch = "" if r["mean_batch"] is None else f"{r['mean_batch']:.2f}"
+        share = "" if r["mean_batch"] is None else f"{r['rps'] / d['ceiling_rps']:.0%}"
         print(f"{r['case']:40} {r['concurrency']:>4} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} "
-              f"{r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {batch:>6}")
+              f"{r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {batch:>6} "
+              f"{share:>10}")
     idle, loaded = report["memory_idle"], report["memory_loaded"]
-    print(f"RSS idle: frontend {idle['frontend_rss_mb']:.0f} MB, workers "
+    print(f"RSS idle: frontend {idle['frontend_rss_mb']:.0f} MB, zygote + workers "
           f"{idle['workers_rss_mb']:.0f} MB, server PSS {idle['server_pss_mb']:.0f} MB; "
-          f"after load: frontend {loaded['frontend_rss_mb']:.0f} MB, workers "
+          f"after load: frontend {loaded['frontend_rss_mb']:.0f} MB, zygote + workers "
           f"{loaded['workers_rss_mb']:.0f} MB, server PSS {loaded['server_pss_mb']:.0f} MB")
 
 
@@ -273,11 +306,13 @@ def main() -> None:
     parser.add_argument("--loadgen", choices=["wrk", "python"], default=LOADGEN,
                         help="closed-loop load generator (default: wrk when installed)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load step")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers per model (threads each: cores / workers)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
     LOADGEN = args.loadgen
     reports = [bench_model(args.model_store.resolve(), m, args.concurrency, args.rate,
-                           args.duration) for m in args.models]
+                           args.duration, args.workers) for m in args.models]
     if args.json:
         print(json.dumps(reports, indent=2))
     else:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import build_request, closed_loop  # noqa: E402
-from serve_bench import HOST, ServerUnderTest, bodies, children, rss_mb  # noqa: E402
+from serve_bench import HOST, ServerUnderTest, bodies, descendants, rss_mb  # noqa: E402
 
 
 class OpenLoop:
@@ -101,7 +101,7 @@ class OpenLoop:
 
 def server_rss(pid: int) -> tuple[float, float]:
     """(frontend MB, workers MB)."""
-    return rss_mb(pid), sum(rss_mb(c) for c in children(pid))
+    return rss_mb(pid), sum(rss_mb(c) for c in descendants(pid))
 
 
 def pct(values: list[float], p: float) -> float:
