@@ -66,6 +66,9 @@ def test_workers_fork_from_the_zygote_and_share_its_memory(make_server):
     workers = ready_pids(srv)
     assert len(workers) == 2 and workers == srv.worker_pids()
     assert all(ppid(pid) == zygote for pid in workers)
+    # the command line is the zygote's; the process name says which model a worker serves
+    assert {Path(f"/proc/{pid}/comm").read_text().strip() for pid in workers} == {"ms:digits"}
+    assert Path(f"/proc/{zygote}/comm").read_text().strip() == "ms-zygote"
     # torch and the worker code were imported once, in the zygote: each worker shares those
     # written pages (tens of MB) instead of holding its own copy
     assert all(shared_dirty_mb(pid) > 30 for pid in workers), \

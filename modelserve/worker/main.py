@@ -25,7 +25,7 @@ from modelserve.worker import streaming, ts_compat
 from modelserve.worker.codec import StreamFound, decode_request, encode_response, error_response
 from modelserve.worker.context import Context
 from modelserve.worker.loader import Entry, load_entry
-from modelserve.worker.threads import die_with_parent, preset_thread_env
+from modelserve.worker.process import die_with_parent, preset_thread_env
 from modelserve.worker.v2 import V2Runner
 
 log = logging.getLogger("modelserve.worker")

@@ -36,7 +36,7 @@ from collections import deque
 from typing import Any
 
 from modelserve import ipc
-from modelserve.worker.threads import die_with_parent, preset_thread_env
+from modelserve.worker.process import die_with_parent, preset_thread_env, set_process_name
 
 PRELOAD = ("numpy", "torch", "modelserve.worker.main", "modelserve.handlers.tensor_handler")
 
@@ -61,9 +61,12 @@ def _run_worker(msg: dict[str, Any], sock_fd: int, out_fd: int) -> int:
     os.close(out_fd)
     os.environ.clear()
     os.environ.update(msg["env"])
+    args = msg["args"]
+    if "--model-name" in args:
+        set_process_name(f"ms:{args[args.index('--model-name') + 1]}")
     from modelserve.worker.main import main
 
-    return main([*msg["args"], "--fd", str(sock_fd)])
+    return main([*args, "--fd", str(sock_fd)])
 
 
 class Zygote:
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend handles these for its group
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    set_process_name("ms-zygote")
     preload()
     return Zygote(socket.socket(fileno=args.fd)).serve()
 

@@ -1,4 +1,5 @@
-"""Process setup shared by a worker and the zygote that forks workers."""
+"""Process setup shared by a worker and the zygote that forks workers: threads, parent
+death, name."""
 
 from __future__ import annotations
 
@@ -32,5 +33,18 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
+def set_process_name(name: str) -> None:
+    """Linux: the name ``top`` and ``ps -o comm`` show (15 bytes); a forked worker's command
+    line is still the zygote's, so this is how operators tell them apart."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15] + b"\0", 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):
         pass
