@@ -11,6 +11,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -40,6 +41,15 @@ from modelserve.server.workers import WorkerSpec
 log = logging.getLogger("modelserve.dataplane")
 
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+
+
+def store_models(store: Path) -> list[Path]:
+    """The model store's models, by name: archives, and directories with a ``MAR-INF``
+    (models kept unpacked)."""
+    if not store.is_dir():
+        return []
+    return [path for path in sorted(store.iterdir())
+            if path.name.endswith(ARCHIVE_SUFFIXES) or (path / "MAR-INF").is_dir()]
 
 
 def _observe(mv: ModelVersion, version: str | None, job: Job) -> None:
@@ -377,10 +387,7 @@ class DataPlane:
         entries: list[tuple[str | None, str]] = []
         for item in self.settings.load_models:
             if item == "all":
-                store = self.settings.model_store
-                for path in sorted(store.iterdir()) if store.is_dir() else []:
-                    if path.name.endswith(ARCHIVE_SUFFIXES) or (path / "MAR-INF").is_dir():
-                        entries.append((None, path.name))
+                entries += [(None, path.name) for path in store_models(self.settings.model_store)]
             elif "=" in item:
                 name, _, archive = item.partition("=")
                 entries.append((name.strip(), archive.strip()))

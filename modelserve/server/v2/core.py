@@ -20,7 +20,7 @@ import orjson
 from modelserve import __version__
 from modelserve.datatypes import TensorError
 from modelserve.errors import BadRequestError, ModelServeError
-from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane
+from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane, store_models
 from modelserve.server.jobs import Result
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelVersion
@@ -219,11 +219,8 @@ class V2Core:
     # -- model repository (tritonclient's load_model / unload_model) -------------------------
     def repository_index(self) -> list[dict[str, Any]]:
         loaded = {mv.name: mv for mv in self.dp.registry.all()}
-        store = self.dp.settings.model_store
-        names = set(loaded)
-        for path in store.iterdir() if store.is_dir() else []:
-            if path.name.endswith(ARCHIVE_SUFFIXES):
-                names.add(_archive_name(path.name))
+        stored = store_models(self.dp.settings.model_store)
+        names = set(loaded) | {_archive_name(path.name) for path in stored}
         out = []
         for name in sorted(names):
             mv = loaded.get(name)
