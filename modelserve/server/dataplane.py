@@ -131,10 +131,6 @@ class DataPlane:
                 return False
         return True
 
-    def is_live(self) -> bool:
-        """Liveness: the frontend answers. True while loading, draining or crash-looping."""
-        return True
-
     def is_ready(self) -> bool:
         """Server readiness: not draining, and every model healthy (see is_healthy)."""
         return not self.draining and self.is_healthy()

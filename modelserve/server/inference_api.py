@@ -57,6 +57,7 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
     add_api_description(app)
     limit = settings.max_request_size
     max_response = settings.max_response_size
+    access_log = settings.access_log
     request_ids = RequestIds()
 
     @app.get("/ping")
@@ -82,13 +83,16 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
         if extra_headers:
             headers.update(extra_headers)
         request_id = request_ids.new(headers.get("x-request-id"))
-        access = {"model": params["model_name"], "version": params.get("model_version")}
-        request.state.access = access
+        access = None
+        if access_log:  # this request's fields in the access log (see AccessLog)
+            access = {"model": params["model_name"], "version": params.get("model_version")}
+            request.state.access = access
         result = await dataplane.infer(
             params["model_name"], params.get("model_version"), body,
             headers.get("content-type", ""), headers, request_id,
         )
-        access["batch_size"] = result.batch_size
+        if access is not None:
+            access["batch_size"] = result.batch_size
         if result.__class__ is not Result:  # the handler streams its answer
             return StreamingAnswer(result, request_id,  # type: ignore[return-value]
                                    wants_sse(headers.get("accept")), max_response)
