@@ -350,7 +350,7 @@ class DataPlane:
             result.close()
             raise ModelServeError("the handler streamed its describe_handle answer")
         if result.status >= 400:
-            raise ModelServeError(result.body.decode(errors="replace"), status=result.status)
+            raise ModelServeError.from_body(result.status, result.body)
         return orjson.loads(result.body) if result.content_type == "application/json" \
             else result.body.decode(errors="replace")
 

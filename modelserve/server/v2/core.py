@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from modelserve import __version__
 from modelserve.datatypes import TensorError
 from modelserve.errors import BadRequestError, ModelServeError
@@ -158,7 +156,7 @@ class V2Core:
                                       "not: use gRPC ModelStreamInfer or /predictions",
                                       status=400)
             if result.status >= 400 or result.tensors is None:
-                raise ModelServeError(error_message(result.body), status=result.status)
+                raise ModelServeError.from_body(result.status, result.body)
             ok = True
             return mv, result.tensors
         finally:
@@ -200,7 +198,7 @@ class V2Core:
         try:
             async for result in chunks:
                 if result.status >= 400:
-                    raise ModelServeError(error_message(result.body), status=result.status)
+                    raise ModelServeError.from_body(result.status, result.body)
                 yield result
             ok = True
         finally:
@@ -261,12 +259,3 @@ def _archive_name(filename: str) -> str:
         if filename.endswith(suffix):
             return filename[: -len(suffix)]
     return filename
-
-
-def error_message(body: bytes) -> str:
-    """The message of a worker's TorchServe-shaped error body."""
-    try:
-        doc = orjson.loads(body)
-        return str(doc.get("message", doc)) if isinstance(doc, dict) else str(doc)
-    except orjson.JSONDecodeError:
-        return body.decode(errors="replace")

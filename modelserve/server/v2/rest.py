@@ -23,7 +23,7 @@ from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.inference_api import read_body
 from modelserve.server.request_ids import RequestIds
 from modelserve.server.responses import JSONResponse
-from modelserve.server.v2.core import V2Core, error_message
+from modelserve.server.v2.core import V2Core
 from modelserve.server.v2.rest_codec import (
     HEADER_LENGTH,
     encode_response,
@@ -170,7 +170,7 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         result = await core.dp.infer_version(mv, None, body, "application/json",
                                              dict(request.headers), request_id)
         if result.status >= 400:
-            raise ModelServeError(error_message(result.body), status=result.status)
+            raise ModelServeError.from_body(result.status, result.body)
         value: Any = orjson.loads(result.body) if result.content_type.startswith(
             "application/json") else result.body.decode(errors="replace")
         return JSONResponse({"predictions": value if isinstance(value, list) else [value]})
