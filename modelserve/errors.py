@@ -6,6 +6,8 @@ The ``type`` is TorchServe's exception name so existing clients that match on it
 
 from __future__ import annotations
 
+import orjson
+
 
 class ModelServeError(Exception):
     """Base class: an error with an HTTP status and a TorchServe-style type name."""
@@ -24,6 +26,19 @@ class ModelServeError(Exception):
 
     def body(self) -> dict[str, object]:
         return {"code": self.status, "type": self.type, "message": self.message}
+
+    @classmethod
+    def from_body(cls, status: int, body: bytes) -> ModelServeError:
+        """A worker's error answer as an exception: its ``message`` and ``type`` when the
+        body has the error shape, else the whole body as the message."""
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            kind = doc.get("type")
+            return cls(doc["message"], status=status, type=kind if isinstance(kind, str) else None)
+        return cls(body.decode(errors="replace"), status=status)
 
 
 class BadRequestError(ModelServeError):

@@ -3,6 +3,7 @@ them, rotation, persistence across restarts; enable_model_api."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import queue
@@ -186,3 +187,44 @@ def test_oip_v2_rest_and_grpc_need_the_inference_key(auth_server):
         client.stop_stream()
     finally:
         client.close()
+
+
+def test_refusals_use_the_error_body_of_every_other_error(tmp_path):
+    """The middleware's 401 / 400 leave exactly as an error raised inside the app does."""
+    from fastapi import FastAPI
+
+    from modelserve.errors import ModelServeError
+    from modelserve.server.auth import KeyStore, TokenAuth
+    from modelserve.server.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    async def fails(_):
+        raise ModelServeError("inside", status=418, type="TeapotException")
+
+    app.add_route("/fails", fails)
+    store = KeyStore(tmp_path / "key_file.json")
+
+    def call(method: str, path: str, **kwargs) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(TokenAuth(app, store, "management"))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.request(method, path, **kwargs)
+        return asyncio.run(go())
+
+    inside = call("GET", "/fails", headers=bearer(store.keys["management"]))
+    assert inside.status_code == 418
+    denied = call("GET", "/fails")
+    assert denied.status_code == 401 and denied.json() == DENIED
+    assert denied.headers["www-authenticate"].startswith("Bearer")
+    bad = call("POST", "/token", params={"type": "API"}, headers=bearer(store.keys["API"]))
+    assert bad.status_code == 400 and bad.json()["type"] == "BadRequestException"
+    for r in (denied, bad):
+        assert r.headers["content-type"] == inside.headers["content-type"]
+        assert list(r.json()) == list(inside.json()) == ["code", "type", "message"]
+        assert r.json()["code"] == r.status_code
+        assert r.headers["content-length"] == str(len(r.content))
+    rotated = call("GET", "/token", params={"type": "inference"},
+                   headers=bearer(store.keys["API"]))
+    assert rotated.json() == {"inference": {"key": store.keys["inference"]}}

@@ -216,6 +216,36 @@ def test_describe_and_explain_headers_take_base_handler_paths(tmp_path, classifi
     assert info.value.error_code == 501
 
 
+@pytest.mark.parametrize("kind", ["base", "vision", "tensor"])
+def test_describe_and_explain_routing_is_shared(tmp_path, classifier_model, kind):
+    """BaseHandler, the per-request vision path and TensorHandler route the describe and
+    explain headers alike; only TensorHandler hands explain_handle no preprocessed batch."""
+    from modelserve.handlers.base_handler import BaseHandler
+    from modelserve.handlers.tensor_handler import TensorHandler
+    from modelserve.handlers.vision import VisionHandler
+
+    base = {"base": BaseHandler, "vision": VisionHandler, "tensor": TensorHandler}[kind]
+
+    class Explaining(base):  # type: ignore[misc, valid-type]
+        def describe_handle(self):
+            return {"kind": kind}
+
+        def explain_handle(self, data_preprocess, raw_data):
+            return [type(data_preprocess).__name__ for _ in raw_data]
+
+    _, ctx = make_model_dir(tmp_path, "tensor_handler", classifier_model)
+    handler = Explaining()
+    handler.initialize(ctx)
+    body = [[[0.5] * 4] * 4] * 3 if kind == "base" else png(30, 30, 5)
+    ctx.begin_batch(["id0"], [{"describe": "True"}])
+    assert handler.handle([{"body": body}], ctx) == [{"kind": kind}]
+    assert not [e for e in ctx.metrics.drain() if e[1] == "HandlerTime"]
+    ctx.begin_batch(["id0"], [{"explain": "True"}])
+    assert handler.handle([{"body": body}], ctx) == [
+        "NoneType" if kind == "tensor" else "Tensor"]
+    assert [e for e in ctx.metrics.drain() if e[1] == "HandlerTime"]
+
+
 def test_image_classifier_batch_of_only_bad_inputs(tmp_path, classifier_model):
     entry, ctx = make_model_dir(tmp_path, "image_classifier", classifier_model)
     results = serve(entry, ctx, [png(30, 30, 5)[:60], "%%% not base64 %%%", {"x": 1}])

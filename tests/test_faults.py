@@ -3,6 +3,7 @@ workers, overload, oversized bodies, loading and draining, SIGTERM under load.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -258,6 +259,37 @@ def test_killing_the_frontend_leaves_no_orphan_worker(make_server):
             busy.result()
     wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=10)
 
+
+
+def test_body_limit_refusal_is_the_usual_error_body():
+    """BodyLimit's early 413 leaves as the app's own errors do (body shape, content type)."""
+    from fastapi import FastAPI
+
+    from modelserve.errors import ModelServeError
+    from modelserve.server.errors import install_error_handlers
+    from modelserve.server.limits import BodyLimit
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    async def echo(request):
+        raise ModelServeError(f"read {len(await request.body())} bytes", status=400)
+
+    app.add_route("/echo", echo, methods=["POST"])
+
+    async def post(body: bytes) -> httpx.Response:
+        transport = httpx.ASGITransport(BodyLimit(app, 10))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/echo", content=body)
+
+    inside = asyncio.run(post(b"small"))
+    assert inside.status_code == 400 and inside.json()["message"] == "read 5 bytes"
+    refused = asyncio.run(post(b"x" * 100))
+    assert refused.status_code == 413
+    assert refused.json() == {"code": 413, "type": "RequestEntityTooLargeException",
+                              "message": "request body exceeds max_request_size (10 bytes)"}
+    assert refused.headers["content-type"] == inside.headers["content-type"]
+    assert refused.headers["connection"] == "close"
 
 
 def test_management_body_over_max_request_size_is_413(make_server):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 
 import httpx
@@ -222,3 +223,47 @@ def test_response_over_max_response_size_is_500(isolated_server):
     assert r.status_code == 500
     assert "max_response_size" in r.json()["message"]
     assert httpx.post(url, json={"small": 2}).status_code == 200
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_access_log_fields_only_when_the_access_log_is_on(access_log, caplog):
+    """The inference route fills in the access log's model fields only when it is on; the
+    middleware writes one entry at INFO and builds none when INFO is not logged."""
+    import logging
+    from types import SimpleNamespace
+
+    from modelserve.config import Settings
+    from modelserve.server.access_log import AccessLog
+    from modelserve.server.inference_api import create_inference_app
+    from modelserve.server.jobs import Result
+
+    async def infer(*args):
+        return Result(200, "application/json", b"{}", {}, batch_size=3)
+
+    plane = SimpleNamespace(draining=False, infer=infer)
+    app = create_inference_app(plane, Settings(access_log=access_log))  # type: ignore[arg-type]
+    states: list[dict] = []
+
+    async def probe(scope, receive, send):
+        await app(scope, receive, send)
+        states.append(dict(scope.get("state", {})))
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(AccessLog(probe) if access_log else probe)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/predictions/m/2.0", content=b"{}",
+                                     headers={"x-request-id": "r-1"})
+
+    with caplog.at_level(logging.INFO, logger="modelserve.access"):
+        assert asyncio.run(post()).status_code == 200
+    if not access_log:
+        assert "access" not in states[0] and not caplog.records
+        return
+    assert states[0]["access"] == {"model": "m", "version": "2.0", "batch_size": 3}
+    [record] = caplog.records
+    entry = json.loads(record.getMessage())
+    assert entry["request_id"] == "r-1" and entry["batch_size"] == 3 and entry["model"] == "m"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modelserve.access"):
+        assert asyncio.run(post()).status_code == 200
+    assert not caplog.records

@@ -289,3 +289,34 @@ def test_access_log_is_json_lines(isolated_server):
     assert entry["model"] == "echo" and entry["status"] == 200 and entry["batch_size"] == 1
     assert entry["path"] == "/predictions/echo" and entry["latency_ms"] > 0
     assert any(e["path"] == "/predictions/nope" and e["status"] == 404 for e in lines)
+
+
+def test_customized_describe_error_is_the_workers_error_document(tmp_path):
+    """A describe_handle that fails answers with the worker's own error (status, type,
+    message), not that document as a string inside another message."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import orjson
+
+    from modelserve.config import Settings
+    from modelserve.errors import ModelServeError
+    from modelserve.server.dataplane import DataPlane
+    from modelserve.server.jobs import Result
+    from modelserve.server.metrics import ServerMetrics
+
+    plane = DataPlane(Settings(workdir=tmp_path), ServerMetrics())
+    worker_body = orjson.dumps({"code": 418, "type": "BadRequestException",
+                                "message": "no description"})
+
+    async def infer(*args):
+        return Result(418, "application/json", worker_body, {})
+
+    plane.infer = infer  # type: ignore[method-assign]
+    with pytest.raises(ModelServeError) as info:
+        model = SimpleNamespace(name="m", version="1.0")
+        asyncio.run(plane._customized(model))  # type: ignore[arg-type]
+    assert info.value.body() == orjson.loads(worker_body)
+    plain = ModelServeError.from_body(503, b"not json")
+    assert (plain.status, plain.type, plain.message) == (
+        503, "InternalServerException", "not json")

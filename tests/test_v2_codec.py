@@ -103,3 +103,14 @@ def test_signature_validation():
         Signature.from_dict({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]},
                                         {"name": "w", "datatype": "FP32", "shape": [1]}]}
                             ).validate(InferRequest([Tensor("x", "FP32", [1], b"\0" * 4)]))
+
+
+def test_v2_statistics_record_success_and_failure():
+    from modelserve.server.v2.core import _Stats
+
+    req = InferRequest([Tensor("x", "FP32", [4, 2], b"\0" * 32)])
+    stats = _Stats()
+    stats.record(True, req, 1000, 300)
+    stats.record(False, req, 50, 0)
+    assert (stats.success, stats.success_ns, stats.queue_ns, stats.infer_ns) == (1, 1000, 300, 700)
+    assert (stats.fail, stats.fail_ns, stats.inferences) == (1, 50, 4) and stats.last_ms > 0

@@ -389,3 +389,24 @@ def test_repository_load_and_unload(v2_server):
             client.load_model("nothing")
     finally:
         client.close()
+
+
+def test_repository_index_lists_what_load_models_all_loads(tmp_path):
+    """Archives and unpacked model directories (with MAR-INF) alike, in both listings."""
+    from modelserve.config import Settings
+    from modelserve.server.dataplane import DataPlane
+    from modelserve.server.metrics import ServerMetrics
+    from modelserve.server.v2.core import V2Core
+
+    store = tmp_path / "store"
+    (store / "unpacked" / "MAR-INF").mkdir(parents=True)
+    (store / "not_a_model").mkdir()
+    for name in ("a.mar", "b.tar.gz", "c.zip", "notes.txt"):
+        (store / name).write_bytes(b"")
+    settings = Settings(model_store=store, workdir=tmp_path / "work", load_models=["all"])
+    plane = DataPlane(settings, ServerMetrics())
+    index = V2Core(plane).repository_index()
+    assert [m["name"] for m in index] == ["a", "b", "c", "unpacked"]
+    assert all(m["state"] == "UNAVAILABLE" for m in index)
+    assert [archive for _, archive in plane.startup_archives()] == [
+        "a.mar", "b.tar.gz", "c.zip", "unpacked"]

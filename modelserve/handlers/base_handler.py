@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,19 +155,36 @@ class BaseHandler:
         return data.tolist()
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        start = time.perf_counter()
         self.context = context
-        if self._is_describe():
-            return [self.describe_handle()]
-        data_preprocess = self.preprocess(data)
-        if self._is_explain():
-            output = self.explain_handle(data_preprocess, data)
-        else:
-            output = self.postprocess(self.inference(data_preprocess))
-        context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2))
+        return self._route_by_headers(data, self._run_pipeline)
+
+    def _run_pipeline(self, data: list[dict[str, Any]]) -> list[Any]:
+        start = time.perf_counter()
+        output = self.postprocess(self.inference(self.preprocess(data)))
+        self.context.metrics.add_time("HandlerTime",
+                                      round((time.perf_counter() - start) * 1000, 2))
         return output
 
     # -- TorchServe's describe / explain paths (chosen by request headers) --------------------
+    def _route_by_headers(self, data: list[dict[str, Any]],
+                          predict: Callable[[list[dict[str, Any]]], list[Any]]) -> list[Any]:
+        """TorchServe's routing on the request headers: ``describe`` to ``describe_handle``,
+        ``explain`` to ``explain_handle`` (timed as HandlerTime), anything else to
+        ``predict``. Handlers that override ``handle`` set ``self.context`` and call this."""
+        if self._is_describe():
+            return [self.describe_handle()]
+        if not self._is_explain():
+            return predict(data)
+        start = time.perf_counter()
+        output = self.explain_handle(self._explain_input(data), data)
+        self.context.metrics.add_time("HandlerTime",
+                                      round((time.perf_counter() - start) * 1000, 2))
+        return output
+
+    def _explain_input(self, data: list[dict[str, Any]]) -> Any:
+        """``explain_handle``'s ``data_preprocess``: the batch through ``preprocess``."""
+        return self.preprocess(data)
+
     def _is_describe(self) -> bool:
         return bool(self.context) and self.context.get_request_header(0, "describe") == "True"
 

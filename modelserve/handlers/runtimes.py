@@ -14,7 +14,6 @@ The format comes from the file's contents where the name is ambiguous (``.pt``, 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import platform
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelserve.handlers.util import list_classes_from_module
 from modelserve.pyfile import import_file
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ def model_class(model_file: Path) -> type[torch.nn.Module]:
     module = import_file(model_file)
     if module is None:
         raise ValueError(f"cannot import model file {model_file.name}")
-    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if c.__module__ == module.__name__]
+    classes = list_classes_from_module(module)
     if len(classes) != 1:
         classes = [c for c in classes if issubclass(c, torch.nn.Module)]
     if len(classes) != 1:

@@ -41,6 +41,7 @@ from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.errors import BadInputError
 from modelserve.handlers.runtimes import input_shape as model_input_shape
 from modelserve.handlers.runtimes import is_onnx, onnx_signature, platform_of, run_named
+from modelserve.handlers.vision import label_for
 
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -141,10 +142,9 @@ class TensorHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context
-        if self._is_describe():
-            return [self.describe_handle()]
-        if self._is_explain():
-            return self.explain_handle(None, data)
+        return self._route_by_headers(data, self._run_each)
+
+    def _run_each(self, data: list[dict[str, Any]]) -> list[Any]:
         results: list[Any] = [None] * len(data)
         arrays: list[np.ndarray] = []
         good: list[int] = []
@@ -163,6 +163,10 @@ class TensorHandler(BaseHandler):
                 for idx, out in zip(good, self._run(arrays)):
                     results[idx] = out
         return results
+
+    def _explain_input(self, data: list[dict[str, Any]]) -> None:
+        """None: requests are decoded one by one, each against the input shape."""
+        return None
 
     # -- OIP v2 ---------------------------------------------------------------------------
     def v2_signature(self) -> dict[str, Any] | None:
@@ -242,16 +246,11 @@ class TensorHandler(BaseHandler):
         rows = []
         for row_p, row_c in zip(probs.tolist(), classes.tolist()):
             top = [
-                {"class": c, "label": self._label(c), "probability": p}
+                {"class": c, "label": label_for(self.mapping, c), "probability": p}
                 for p, c in zip(row_p, row_c)
             ]
             rows.append(top[0] if self.top_k == 1 else top)
         return rows
-
-    def _label(self, index: int) -> str:
-        if self.mapping:
-            return str(self.mapping.get(str(index), index))
-        return str(index)
 
 
 def _model_error(exc: Exception) -> Exception:

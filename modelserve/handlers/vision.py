@@ -152,10 +152,15 @@ def handle_per_request(
     joined. With ``batch=False`` each request goes through the model by itself. Describe and
     explain requests take BaseHandler's path, as in TorchServe.
     """
-    start = time.perf_counter()
     handler.context = context
-    if handler._is_describe() or handler._is_explain():
-        return BaseHandler.handle(handler, data, context)
+    return handler._route_by_headers(
+        data, lambda rows: _per_request(handler, rows, context, batch))
+
+
+def _per_request(
+    handler: BaseHandler, data: list[dict[str, Any]], context: Any, batch: bool
+) -> list[Any]:
+    start = time.perf_counter()
     results: list[Any] = [None] * len(data)
     groups: dict[Any, list[tuple[int, Any]]] = {}
     for idx, row in enumerate(data):

@@ -37,13 +37,14 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            entry = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-                "request_id": seen["request_id"],
-                "method": scope.get("method"),
-                "path": scope.get("path"),
-                "status": seen["status"],
-                "latency_ms": round((time.perf_counter() - start) * 1000, 3),
-                **scope.get("state", {}).get("access", {}),
-            }
-            log.info("%s", orjson.dumps(entry).decode())
+            if log.isEnabledFor(logging.INFO):  # else the entry would not be written
+                entry = {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+                    "request_id": seen["request_id"],
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": seen["status"],
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+                    **scope.get("state", {}).get("access", {}),
+                }
+                log.info("%s", orjson.dumps(entry).decode())

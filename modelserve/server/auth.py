@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-
 from modelserve.atomic import write_atomic
+from modelserve.server.errors import error_response
+from modelserve.server.responses import JSONResponse
 
 log = logging.getLogger("modelserve.auth")
 
@@ -109,15 +109,6 @@ def _authorization(scope: dict[str, Any]) -> bytes | None:
     return None
 
 
-async def _reply(send: Any, status: int, body: dict[str, Any],
-                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = orjson.dumps(body)
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(payload)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
 class TokenAuth:
     """ASGI middleware: requests need ``Authorization: Bearer <key_type key>``."""
 
@@ -136,30 +127,26 @@ class TokenAuth:
             return
         header = _authorization(scope)
         if self.key_type == "management" and path == "/token":
-            await self._token(scope, header, send)
+            await self._token(scope, header)(scope, receive, send)
             return
         if self.keys.check(self.key_type, header):
             await self.app(scope, receive, send)
             return
-        await _reply(send, 401, {"code": 401, "type": "InvalidKeyException",
-                                 "message": INVALID_MESSAGE},
-                     [(b"www-authenticate", b'Bearer realm="modelserve"')])
+        refusal = error_response(401, "InvalidKeyException", INVALID_MESSAGE,
+                                 {"www-authenticate": 'Bearer realm="modelserve"'})
+        await refusal(scope, receive, send)
 
-    async def _token(self, scope: dict[str, Any], header: bytes | None, send: Any) -> None:
+    def _token(self, scope: dict[str, Any], header: bytes | None) -> JSONResponse:
         """TorchServe's ``GET /token?type=``: the API key rotates one of the other two."""
         if not self.keys.check("API", header):
-            await _reply(send, 401, {"code": 401, "type": "InvalidKeyException",
-                                     "message": INVALID_MESSAGE})
-            return
+            return error_response(401, "InvalidKeyException", INVALID_MESSAGE)
         kind = parse_qs(scope.get("query_string", b"").decode()).get("type", [""])[0]
         if scope["method"] != "GET" or kind not in ROTATABLE:
-            await _reply(send, 400, {"code": 400, "type": "BadRequestException",
-                                     "message": "GET /token?type=inference|management"})
-            return
+            return error_response(400, "BadRequestException",
+                                  "GET /token?type=inference|management")
         try:
             key = self.keys.rotate(kind)
         except OSError as exc:
-            await _reply(send, 500, {"code": 500, "type": "InternalServerException",
-                                     "message": f"cannot write the key file: {exc}"})
-            return
-        await _reply(send, 200, {kind: {"key": key}})
+            return error_response(500, "InternalServerException",
+                                  f"cannot write the key file: {exc}")
+        return JSONResponse({kind: {"key": key}})

@@ -11,6 +11,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,6 +42,15 @@ from modelserve.server.zygote import Zygote
 log = logging.getLogger("modelserve.dataplane")
 
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+
+
+def store_models(store: Path) -> list[Path]:
+    """The model store's models, by name: archives, and directories with a ``MAR-INF``
+    (models kept unpacked)."""
+    if not store.is_dir():
+        return []
+    return [path for path in sorted(store.iterdir())
+            if path.name.endswith(ARCHIVE_SUFFIXES) or (path / "MAR-INF").is_dir()]
 
 
 def _observe(mv: ModelVersion, version: str | None, job: Job) -> None:
@@ -122,10 +132,6 @@ class DataPlane:
         for name in self.registry.names():
             if self.registry.get(name).pool.health != "Healthy":
                 return False
-        return True
-
-    def is_live(self) -> bool:
-        """Liveness: the frontend answers. True while loading, draining or crash-looping."""
         return True
 
     def is_ready(self) -> bool:
@@ -347,7 +353,7 @@ class DataPlane:
             result.close()
             raise ModelServeError("the handler streamed its describe_handle answer")
         if result.status >= 400:
-            raise ModelServeError(result.body.decode(errors="replace"), status=result.status)
+            raise ModelServeError.from_body(result.status, result.body)
         return orjson.loads(result.body) if result.content_type == "application/json" \
             else result.body.decode(errors="replace")
 
@@ -380,10 +386,7 @@ class DataPlane:
         entries: list[tuple[str | None, str]] = []
         for item in self.settings.load_models:
             if item == "all":
-                store = self.settings.model_store
-                for path in sorted(store.iterdir()) if store.is_dir() else []:
-                    if path.name.endswith(ARCHIVE_SUFFIXES) or (path / "MAR-INF").is_dir():
-                        entries.append((None, path.name))
+                entries += [(None, path.name) for path in store_models(self.settings.model_store)]
             elif "=" in item:
                 name, _, archive = item.partition("=")
                 entries.append((name.strip(), archive.strip()))

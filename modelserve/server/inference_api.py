@@ -7,9 +7,6 @@ client accepts ``text/event-stream`` (modelserve.server.streaming).
 
 from __future__ import annotations
 
-import itertools
-import os
-
 from fastapi import FastAPI, Request, Response
 
 from modelserve import __version__
@@ -19,6 +16,7 @@ from modelserve.server.dataplane import DataPlane
 from modelserve.server.errors import add_api_description, install_error_handlers
 from modelserve.server.jobs import Result
 from modelserve.server.openapi import document_bearer_auth, document_inference_routes
+from modelserve.server.request_ids import RequestIds
 from modelserve.server.responses import JSONResponse
 from modelserve.server.streaming import StreamingAnswer, wants_sse
 from modelserve.server.v2.core import V2Core
@@ -59,9 +57,8 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
     add_api_description(app)
     limit = settings.max_request_size
     max_response = settings.max_response_size
-    # Request ids: unique per process start, and far cheaper than uuid4 on the hot path.
-    id_prefix = f"{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
-    id_counter = itertools.count()
+    access_log = settings.access_log
+    request_ids = RequestIds()
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
@@ -85,14 +82,17 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
         headers = dict(request.headers)
         if extra_headers:
             headers.update(extra_headers)
-        request_id = headers.get("x-request-id") or f"{id_prefix}{next(id_counter):x}"
-        access = {"model": params["model_name"], "version": params.get("model_version")}
-        request.state.access = access
+        request_id = request_ids.new(headers.get("x-request-id"))
+        access = None
+        if access_log:  # this request's fields in the access log (see AccessLog)
+            access = {"model": params["model_name"], "version": params.get("model_version")}
+            request.state.access = access
         result = await dataplane.infer(
             params["model_name"], params.get("model_version"), body,
             headers.get("content-type", ""), headers, request_id,
         )
-        access["batch_size"] = result.batch_size
+        if access is not None:
+            access["batch_size"] = result.batch_size
         if result.__class__ is not Result:  # the handler streams its answer
             return StreamingAnswer(result, request_id,  # type: ignore[return-value]
                                    wants_sse(headers.get("accept")), max_response)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelserve.server.errors import error_response
 
 
 class _TooLarge(StarletteHTTPException):
@@ -21,23 +22,17 @@ class _TooLarge(StarletteHTTPException):
         super().__init__(413, f"request body exceeds max_request_size ({limit} bytes)")
 
 
-def _body_413(limit: int) -> bytes:
-    return orjson.dumps({"code": 413, "type": "RequestEntityTooLargeException",
-                         "message": f"request body exceeds max_request_size ({limit} bytes)"})
-
-
 class BodyLimit:
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app
         self.limit = limit
 
-    async def _refuse(self, send: Any) -> None:
-        body = _body_413(self.limit)
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        refusal = error_response(
+            413, "RequestEntityTooLargeException",
+            f"request body exceeds max_request_size ({self.limit} bytes)",
+            {"connection": "close"})
+        await refusal(scope, receive, send)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -50,7 +45,7 @@ class BodyLimit:
                 except ValueError:
                     too_big = False  # the server's HTTP parser refuses it
                 if too_big:
-                    await self._refuse(send)
+                    await self._refuse(scope, receive, send)
                     return
         seen = 0
         started = False
@@ -74,4 +69,4 @@ class BodyLimit:
             await self.app(scope, counted, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)

@@ -101,15 +101,6 @@ class Stream:
             await self._wake.wait()
 
 
-def _error(status: int, body: bytes) -> ModelServeError:
-    """The worker's error entry (TorchServe's error body) as an exception."""
-    try:
-        parsed = orjson.loads(body)
-        return ModelServeError(str(parsed["message"]), status=status, type=str(parsed["type"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return ModelServeError(body.decode(errors="replace"), status=status)
-
-
 def feed(streams: dict[int, Stream | None], jobs: list[Job], entry: list[Any],
          cancel: Callable[[int], None]) -> None:
     """One ``[idx, status, content_type, body, headers, last]`` entry of a chunk frame.
@@ -138,7 +129,7 @@ def feed(streams: dict[int, Stream | None], jobs: list[Job], entry: list[Any],
     if stream is None:
         return
     if status >= 400:
-        stream.end(_error(status, body))
+        stream.end(ModelServeError.from_body(status, body))
         return
     stream.push(body)
     if last:
@@ -161,7 +152,7 @@ def finish(streams: dict[int, Stream | None], jobs: list[Job], out: list[list[An
             if entry is None:
                 state.end(missing)
             elif entry[0] >= 400:
-                state.end(_error(entry[0], entry[2]))
+                state.end(ModelServeError.from_body(entry[0], entry[2]))
             else:
                 state.push(entry[2])
                 state.end()

@@ -15,12 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from modelserve import __version__
 from modelserve.datatypes import TensorError
 from modelserve.errors import BadRequestError, ModelServeError
-from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane
+from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane, store_models
 from modelserve.server.jobs import Result
 from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelVersion
@@ -44,6 +42,18 @@ class _Stats:
     infer_ns: int = 0
     inferences: int = 0
     last_ms: int = 0
+
+    def record(self, ok: bool, req: InferRequest, elapsed_ns: int, queued_ns: int) -> None:
+        if ok:
+            self.success += 1
+            self.success_ns += elapsed_ns
+            self.queue_ns += queued_ns
+            self.infer_ns += elapsed_ns - queued_ns
+            self.inferences += req.inputs[0].shape[0] if req.inputs[0].shape else 1
+            self.last_ms = int(time.time() * 1000)
+        else:
+            self.fail += 1
+            self.fail_ns += elapsed_ns
 
 
 class V2Core:
@@ -139,14 +149,8 @@ class V2Core:
                     headers: dict[str, str], request_id: str
                     ) -> tuple[ModelVersion, list[list[Any]]]:
         """Validate, batch, run; the output tensors ``[[name, datatype, shape, raw], ...]``."""
-        mv = self.model(name, version)
-        try:
-            self.signature(mv).validate(req)
-        except TensorError as exc:
-            raise BadRequestError(str(exc)) from None
-        stats = self._stats.get(mv)
-        if stats is None:
-            stats = self._stats[mv] = _Stats()
+        mv = self._validated(name, version, req)
+        stats = self._stats_of(mv)
         timing: list[float] = []
         ok = False
         try:
@@ -158,21 +162,12 @@ class V2Core:
                                       "not: use gRPC ModelStreamInfer or /predictions",
                                       status=400)
             if result.status >= 400 or result.tensors is None:
-                raise ModelServeError(error_message(result.body), status=result.status)
+                raise ModelServeError.from_body(result.status, result.body)
             ok = True
             return mv, result.tensors
         finally:
             elapsed, queued = (int(t * 1e9) for t in timing) if timing else (0, 0)
-            if ok:
-                stats.success += 1
-                stats.success_ns += elapsed
-                stats.queue_ns += queued
-                stats.infer_ns += elapsed - queued
-                stats.inferences += req.inputs[0].shape[0] if req.inputs[0].shape else 1
-                stats.last_ms = int(time.time() * 1000)
-            else:
-                stats.fail += 1
-                stats.fail_ns += elapsed
+            stats.record(ok, req, elapsed, queued)
 
     async def infer_stream(self, name: str, version: str | None, req: InferRequest,
                            headers: dict[str, str], request_id: str
@@ -181,18 +176,27 @@ class V2Core:
         ``tensors`` when the handler answers whole, else one Result per chunk of its stream
         (``tensors`` None, ``body`` the chunk). Errors before the first chunk are raised (as
         from :meth:`infer`); an error after it is raised by the iterator."""
+        mv = self._validated(name, version, req)
+        return mv, self._stream(mv, version, req, headers, request_id)
+
+    def _validated(self, name: str, version: str | None, req: InferRequest) -> ModelVersion:
+        """The model version, once ``req`` fits its signature (400 otherwise)."""
         mv = self.model(name, version)
         try:
             self.signature(mv).validate(req)
         except TensorError as exc:
             raise BadRequestError(str(exc)) from None
-        return mv, self._stream(mv, version, req, headers, request_id)
+        return mv
 
-    async def _stream(self, mv: ModelVersion, version: str | None, req: InferRequest,
-                      headers: dict[str, str], request_id: str) -> AsyncIterator[Result]:
+    def _stats_of(self, mv: ModelVersion) -> _Stats:
         stats = self._stats.get(mv)
         if stats is None:
             stats = self._stats[mv] = _Stats()
+        return stats
+
+    async def _stream(self, mv: ModelVersion, version: str | None, req: InferRequest,
+                      headers: dict[str, str], request_id: str) -> AsyncIterator[Result]:
+        stats = self._stats_of(mv)
         start = time.perf_counter()
         ok = False
         chunks = self.dp.infer_stream(mv.name, version or None, b"", "", headers, request_id,
@@ -200,30 +204,19 @@ class V2Core:
         try:
             async for result in chunks:
                 if result.status >= 400:
-                    raise ModelServeError(error_message(result.body), status=result.status)
+                    raise ModelServeError.from_body(result.status, result.body)
                 yield result
             ok = True
         finally:
             await chunks.aclose()
-            elapsed = int((time.perf_counter() - start) * 1e9)
-            if ok:  # a stream's time in the queue is not measured apart: all of it is infer
-                stats.success += 1
-                stats.success_ns += elapsed
-                stats.infer_ns += elapsed
-                stats.inferences += req.inputs[0].shape[0] if req.inputs[0].shape else 1
-                stats.last_ms = int(time.time() * 1000)
-            else:
-                stats.fail += 1
-                stats.fail_ns += elapsed
+            # a stream's time in the queue is not measured apart: all of it is infer
+            stats.record(ok, req, int((time.perf_counter() - start) * 1e9), 0)
 
     # -- model repository (tritonclient's load_model / unload_model) -------------------------
     def repository_index(self) -> list[dict[str, Any]]:
         loaded = {mv.name: mv for mv in self.dp.registry.all()}
-        store = self.dp.settings.model_store
-        names = set(loaded)
-        for path in store.iterdir() if store.is_dir() else []:
-            if path.name.endswith(ARCHIVE_SUFFIXES):
-                names.add(_archive_name(path.name))
+        stored = store_models(self.dp.settings.model_store)
+        names = set(loaded) | {_archive_name(path.name) for path in stored}
         out = []
         for name in sorted(names):
             mv = loaded.get(name)
@@ -264,12 +257,3 @@ def _archive_name(filename: str) -> str:
         if filename.endswith(suffix):
             return filename[: -len(suffix)]
     return filename
-
-
-def error_message(body: bytes) -> str:
-    """The message of a worker's TorchServe-shaped error body."""
-    try:
-        doc = orjson.loads(body)
-        return str(doc.get("message", doc)) if isinstance(doc, dict) else str(doc)
-    except orjson.JSONDecodeError:
-        return body.decode(errors="replace")

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -35,6 +33,7 @@ from modelserve.datatypes import TensorError, numpy_dtype, serialize_bytes
 from modelserve.errors import ModelServeError
 from modelserve.server.protos import grpc_service_pb2 as pb
 from modelserve.server.protos import grpc_service_pb2_grpc as pb_grpc
+from modelserve.server.request_ids import RequestIds
 from modelserve.server.v2.core import V2Core
 from modelserve.server.v2.types import InferRequest, RequestedOutput, Tensor
 
@@ -141,8 +140,7 @@ def _errors(fn: Handler) -> Handler:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: V2Core) -> None:
         self.core = core
-        self._prefix = f"grpc-{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
-        self._ids = itertools.count()
+        self._ids = RequestIds("grpc-")
         for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
                      "ModelMetadata", "ModelInfer", "ModelConfig", "ModelStatistics",
                      "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
@@ -172,7 +170,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _ModelInfer(self, request: Any, context: Any) -> Any:
         req = parse_request(request)
         headers = _headers(context)
-        request_id = headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
+        request_id = self._ids.new(headers.get("x-request-id"))
         mv, outputs = await self.core.infer(request.model_name, request.model_version, req,
                                             headers, request_id)
         out_tensor = pb.ModelInferResponse.InferOutputTensor
@@ -227,9 +225,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             req = parse_request(request)
             empty_final = bool(req.parameters.pop(EMPTY_FINAL, False))
             output = request.outputs[0].name if request.outputs else STREAM_OUTPUT
-            base = headers.get("x-request-id")
-            seq = next(self._ids)
-            request_id = f"{base}-{seq:x}" if base else f"{self._prefix}{seq:x}"
+            request_id = self._ids.numbered(headers.get("x-request-id"))
             mv, answer = await self.core.infer_stream(name, version, req, headers, request_id)
             name, version = mv.name, mv.version
             streamed = False

@@ -9,9 +9,7 @@ model, 503 overloaded, ...).
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,8 +21,9 @@ from starlette.responses import Response
 from modelserve.datatypes import TensorError, to_numpy
 from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.inference_api import read_body
+from modelserve.server.request_ids import RequestIds
 from modelserve.server.responses import JSONResponse
-from modelserve.server.v2.core import V2Core, error_message
+from modelserve.server.v2.core import V2Core
 from modelserve.server.v2.rest_codec import (
     HEADER_LENGTH,
     encode_response,
@@ -61,8 +60,7 @@ def _model(request: Request) -> tuple[str, str | None]:
 
 
 def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: int) -> None:
-    id_prefix = f"v2-{os.getpid():x}-{int.from_bytes(os.urandom(4), 'big'):08x}-"
-    id_counter = itertools.count()
+    request_ids = RequestIds("v2-")
 
     def route(paths: list[str], methods: list[str]) -> Callable[[Endpoint], Endpoint]:
         def register(fn: Endpoint) -> Endpoint:
@@ -118,7 +116,7 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         body = await read_body(request, max_request)
         req = parse_request(body, request.headers.get(HEADER_LENGTH))
         headers = dict(request.headers)
-        request_id = headers.get("x-request-id") or f"{id_prefix}{next(id_counter):x}"
+        request_id = request_ids.new(headers.get("x-request-id"))
         mv, outputs = await core.infer(name, version, req, headers, request_id)
         payload, json_size = encode_response(mv.name, mv.version, req, outputs)
         if len(payload) > max_response:
@@ -158,7 +156,7 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         body = await read_body(request, max_request)
         mv = core.model(name, None)
         sig = core.signature(mv)
-        request_id = f"{id_prefix}{next(id_counter):x}"
+        request_id = request_ids.new()
         if sig.known and len(sig.inputs) == 1:
             try:
                 doc = orjson.loads(body)
@@ -172,7 +170,7 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         result = await core.dp.infer_version(mv, None, body, "application/json",
                                              dict(request.headers), request_id)
         if result.status >= 400:
-            raise ModelServeError(error_message(result.body), status=result.status)
+            raise ModelServeError.from_body(result.status, result.body)
         value: Any = orjson.loads(result.body) if result.content_type.startswith(
             "application/json") else result.body.decode(errors="replace")
         return JSONResponse({"predictions": value if isinstance(value, list) else [value]})
