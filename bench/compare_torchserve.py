@@ -54,7 +54,7 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 
 def tree_pss_mb(pid: int) -> float:
     """Sum of PSS over a process tree: shared libraries count once across processes."""
-    return pss_mb(descendants(pid))
+    return pss_mb([pid, *descendants(pid)])
 
 
 def ts_archive(store: Path, src_store: Path, model: str, work: Path) -> str:
@@ -263,7 +263,7 @@ def memory_only(args: argparse.Namespace) -> None:
             proc, _ = starter()
             try:
                 time.sleep(5)  # let start-up work settle
-                pids = descendants(proc.pid)
+                pids = [proc.pid, *descendants(proc.pid)]
                 rows.append({"server": name, "models": args.models, "processes": len(pids),
                              "idle_pss_mb": pss_mb(pids)})
             finally:
