@@ -191,16 +191,26 @@ def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+def handler_archive(src: Path, store: Path, name: str, handler_text: str | None,
+                    config: dict, handler_file: Path | None = None) -> None:
+    """``<store>/<name>.mar`` (version 1.0): a handler (``handler_text`` written to
+    ``<name>_handler.py``, or ``handler_file``) and a CPU model-config.yaml with ``config``."""
+    folder = src / name
+    folder.mkdir()
+    if handler_file is None:
+        handler_file = folder / f"{name}_handler.py"
+        handler_file.write_text(handler_text or "")
+    config_file = folder / "model-config.yaml"
+    config_file.write_text(yaml.safe_dump({"deviceType": "cpu", **config}))
+    create_archive(model_name=name, version="1.0", handler=str(handler_file),
+                   config_file=config_file, export_path=store, force=True)
+
+
 @pytest.fixture(scope="session")
 def model_store(example_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The examples plus the test-only echo archive."""
-    src = tmp_path_factory.mktemp("echo-src")
-    handler = src / "echo_handler.py"
-    handler.write_text(ECHO_HANDLER)
-    config = src / "model-config.yaml"
-    config.write_text(yaml.safe_dump({"batchSize": 8, "maxBatchDelay": 20, "deviceType": "cpu"}))
-    create_archive(model_name="echo", version="1.0", handler=str(handler), config_file=config,
-                   export_path=example_store, force=True)
+    handler_archive(tmp_path_factory.mktemp("echo-src"), example_store, "echo", ECHO_HANDLER,
+                    {"batchSize": 8, "maxBatchDelay": 20})
     return example_store
 
 
@@ -276,14 +286,8 @@ IDENTITY_HANDLER = textwrap.dedent('''
 @pytest.fixture(scope="session")
 def v2_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model store plus ``identity``, an echo of v2 tensors (every datatype)."""
-    src = tmp_path_factory.mktemp("identity-src")
-    handler = src / "identity_handler.py"
-    handler.write_text(IDENTITY_HANDLER)
-    config = src / "model-config.yaml"
-    config.write_text(yaml.safe_dump({"batchSize": 16, "maxBatchDelay": 50,
-                                      "deviceType": "cpu"}))
-    create_archive(model_name="identity", version="1.0", handler=str(handler),
-                   config_file=config, export_path=model_store, force=True)
+    handler_archive(tmp_path_factory.mktemp("identity-src"), model_store, "identity",
+                    IDENTITY_HANDLER, {"batchSize": 16, "maxBatchDelay": 50})
     return model_store
 
 

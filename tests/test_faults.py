@@ -14,10 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from modelserve.archive import create_archive
-from tests.conftest import Server, pid_alive, wait_for
+from tests.conftest import Server, handler_archive, pid_alive, wait_for
 
 FAULT_HANDLER = textwrap.dedent('''
     """Test handler: echoes, sleeps, or dies on request; may load slowly."""
@@ -45,21 +43,12 @@ FAULT_HANDLER = textwrap.dedent('''
 ''')
 
 
-def _build(store: Path, src: Path, name: str, config: dict) -> None:
-    handler = src / "fault_handler.py"
-    handler.write_text(FAULT_HANDLER)
-    cfg = src / f"{name}-config.yaml"
-    cfg.write_text(yaml.safe_dump({"deviceType": "cpu", **config}))
-    create_archive(model_name=name, version="1.0", handler=str(handler), config_file=cfg,
-                   export_path=store, force=True)
-
-
 @pytest.fixture(scope="module")
 def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("fault-store")
     src = tmp_path_factory.mktemp("fault-src")
-    _build(store, src, "fault", {"batchSize": 1, "maxBatchDelay": 1})
-    _build(store, src, "slowload", {"batchSize": 1, "init_sleep": 3})
+    handler_archive(src, store, "fault", FAULT_HANDLER, {"batchSize": 1, "maxBatchDelay": 1})
+    handler_archive(src, store, "slowload", FAULT_HANDLER, {"batchSize": 1, "init_sleep": 3})
     return store
 
 

@@ -26,12 +26,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
-import yaml
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from modelserve.archive import create_archive
-from tests.conftest import IDENTITY_HANDLER, Server
+from tests.conftest import IDENTITY_HANDLER, Server, handler_archive
 
 CHUNKS_HANDLER = textwrap.dedent('''
     import json
@@ -109,24 +107,13 @@ CHUNKS_HANDLER = textwrap.dedent('''
 ''')
 
 
-def _archive(src: Path, store: Path, name: str, handler_text: str, config: dict) -> None:
-    folder = src / name
-    folder.mkdir()
-    handler = folder / f"{name}_handler.py"
-    handler.write_text(handler_text)
-    config_file = folder / "model-config.yaml"
-    config_file.write_text(yaml.safe_dump({"deviceType": "cpu", **config}))
-    create_archive(model_name=name, version="1.0", handler=str(handler),
-                   config_file=config_file, export_path=store, force=True)
-
-
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     src = tmp_path_factory.mktemp("grpc-stream-src")
     store = tmp_path_factory.mktemp("grpc-stream-store")
     # while the worker is busy, a batch waits up to 1 s to fill; an idle one starts at once
-    _archive(src, store, "chunks", CHUNKS_HANDLER, {"batchSize": 3, "maxBatchDelay": 1000})
-    _archive(src, store, "identity", IDENTITY_HANDLER, {"batchSize": 1})
+    handler_archive(src, store, "chunks", CHUNKS_HANDLER, {"batchSize": 3, "maxBatchDelay": 1000})
+    handler_archive(src, store, "identity", IDENTITY_HANDLER, {"batchSize": 1})
     server = Server(tmp_path_factory.mktemp("grpc-stream-server"), store,
                     ["chunks.mar", "identity.mar"])
     server.start()

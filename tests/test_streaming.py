@@ -19,11 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from modelserve.archive import create_archive
 from modelserve.server.streaming import sse_event
-from tests.conftest import Server
+from tests.conftest import Server, handler_archive
 
 GEN_HANDLER = textwrap.dedent('''
     """A generator per request; body: n, delay, tag, fail_at, count_file, plain, sleep, boom."""
@@ -123,19 +121,6 @@ DOCS_EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / \
     "streaming_handler.py"
 
 
-def _archive(src: Path, store: Path, name: str, handler_text: str | None,
-             config: dict, handler_file: Path | None = None) -> None:
-    folder = src / name
-    folder.mkdir()
-    if handler_file is None:
-        handler_file = folder / f"{name}_handler.py"
-        handler_file.write_text(handler_text or "")
-    config_file = folder / "model-config.yaml"
-    config_file.write_text(yaml.safe_dump({"deviceType": "cpu", **config}))
-    create_archive(model_name=name, version="1.0", handler=str(handler_file),
-                   config_file=config_file, export_path=store, force=True)
-
-
 @pytest.fixture(scope="module")
 def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     src = tmp_path_factory.mktemp("stream-src")
@@ -143,11 +128,11 @@ def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # while the worker is busy, a batch waits up to 1 s to fill (tests that need a batch keep
     # it busy first); an idle worker takes a request at once
     batched = {"batchSize": 3, "maxBatchDelay": 1000}
-    _archive(src, store, "gen", GEN_HANDLER, batched)
-    _archive(src, store, "ts_stream", TS_HANDLER, batched)
-    _archive(src, store, "steps", STEPS_HANDLER, batched)
-    _archive(src, store, "slow", GEN_HANDLER, {"responseTimeout": 2})
-    _archive(src, store, "words", None, {"handler": {"delay": 0.05}}, DOCS_EXAMPLE)
+    handler_archive(src, store, "gen", GEN_HANDLER, batched)
+    handler_archive(src, store, "ts_stream", TS_HANDLER, batched)
+    handler_archive(src, store, "steps", STEPS_HANDLER, batched)
+    handler_archive(src, store, "slow", GEN_HANDLER, {"responseTimeout": 2})
+    handler_archive(src, store, "words", None, {"handler": {"delay": 0.05}}, DOCS_EXAMPLE)
     srv = Server(tmp_path_factory.mktemp("stream-server"), store,
                  ["gen.mar", "ts_stream.mar", "steps.mar", "slow.mar", "words.mar"])
     srv.start()
