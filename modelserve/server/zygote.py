@@ -29,9 +29,9 @@ class ForkedProcess:
 
     The frontend is not the worker's parent, so its exit status comes from the zygote."""
 
-    def __init__(self, pid: int, stdout: asyncio.StreamReader) -> None:
+    def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.stdout = stdout
+        self.stdout = asyncio.StreamReader()  # fed from the worker's output pipe
         self.returncode: int | None = None
         self._exited = asyncio.Event()
 
@@ -65,7 +65,7 @@ class Zygote:
         self._reader_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count()
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._pending: dict[int, asyncio.Future[ForkedProcess]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._broken = ""  # why the zygote could not start: workers are spawned instead
 
@@ -83,23 +83,21 @@ class Zygote:
                     raise ZygoteError(self._broken) from exc
         assert self._sock is not None
         fork_id = next(self._ids)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
         self._pending[fork_id] = future
         out_r, out_w = os.pipe()
         try:
             frame = ipc.encode({"op": "fork", "id": fork_id, "args": args, "env": env})
             await self._send(frame, [fd, out_w])
-            pid = await asyncio.wait_for(future, self.startup_timeout)
+            child = await asyncio.wait_for(future, self.startup_timeout)
         except BaseException:
             self._pending.pop(fork_id, None)
             os.close(out_r)
             raise
         finally:
             os.close(out_w)
-        reader = asyncio.StreamReader()
         await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_r, "rb", buffering=0))
-        child = self._children[pid] = ForkedProcess(pid, reader)
+            lambda: asyncio.StreamReaderProtocol(child.stdout), os.fdopen(out_r, "rb", buffering=0))
         return child
 
     async def close(self) -> None:
@@ -175,7 +173,10 @@ class Zygote:
         if op == "forked":
             future = self._pending.pop(msg["id"], None)
             if future is not None and not future.done():
-                future.set_result(msg["pid"])
+                # registered here, not in fork(): the worker's exit frame may come next,
+                # before fork() resumes
+                child = self._children[msg["pid"]] = ForkedProcess(msg["pid"])
+                future.set_result(child)
         elif op == "fork_failed":
             future = self._pending.pop(msg["id"], None)
             if future is not None and not future.done():
