@@ -54,8 +54,9 @@ class WorkerSpec:
     response_timeout: float
     pipeline_depth: int
 
-    def env(self, threads: int) -> dict[str, str]:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    def env(self) -> dict[str, str]:
+        """The thread variables are the worker's own to set (``--threads``), before torch."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.extra_paths:
             env["PYTHONPATH"] = os.pathsep.join(
                 [*self.extra_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -160,7 +161,7 @@ class WorkerProcess:
         self._on_change()
 
     async def _launch(self, fd: int) -> asyncio.subprocess.Process | ForkedProcess:
-        args, env = self.spec.args(self.index, self.threads), self.spec.env(self.threads)
+        args, env = self.spec.args(self.index, self.threads), self.spec.env()
         if self.zygote is not None and not self.spec.extra_paths:
             try:
                 return await self.zygote.fork(args, env, fd)
