@@ -238,7 +238,8 @@ def test_cache_key_is_the_content_hash(tmp_path, monkeypatch):
     monkeypatch.setattr(reader, "_content_hash", lambda p: hashed.append(p) or real(p))
     key = reader._cache_key(first, work)
     assert hashed == []  # unchanged (path, size, mtime): the sidecar answers
-    first.write_bytes(b"x" + first.read_bytes()[1:])
+    data = first.read_bytes()
+    first.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # always a different first byte
     os.utime(first, ns=(2, 2))
     assert reader._cache_key(first, work) != key and hashed == [first]
     sidecars = list((work / "models" / ".hashes").iterdir())
