@@ -30,7 +30,6 @@ EXPECTED_5XX = {501, 503, 504}
 
 
 def fuzz(api: str, examples: int, ping: str, headers: dict[str, str] | None = None,
-         deadline_s: float | None = None,
          path_values: dict[str, str] | None = None) -> dict[str, Any]:
     """Fuzz every operation of the API at ``api``; returns counts and failures.
 
@@ -50,9 +49,6 @@ def fuzz(api: str, examples: int, ping: str, headers: dict[str, str] | None = No
         if names and path_values and names <= path_values.keys():
             passes.append((GenerationMode.POSITIVE, {n: path_values[n] for n in names}))
         for mode, fixed in passes:
-            if deadline_s is not None and time.monotonic() - start > deadline_s:
-                break
-
             @settings(max_examples=examples, deadline=None, database=None,
                       phases=[Phase.generate], suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(generation_mode=mode, path_parameters=fixed))

@@ -29,8 +29,10 @@ def test_fuzzed_api_gives_no_unexpected_5xx(fuzz_server, api):
     # management API only sees random names, so that no pass unregisters or scales a model
     path_values = {"model_name": "digits", "model_version": "1.0"} if api == "inference" \
         else None
+    # bounded by the number of examples, not by a clock: a wall-clock cap made the call count
+    # depend on the machine's load (CI once reached 36 calls of the 45 asserted)
     report = fuzz(getattr(fuzz_server, api), examples=5, ping=f"{fuzz_server.inference}/ping",
-                  deadline_s=12, path_values=path_values)
+                  path_values=path_values)
     assert report["operations"] >= (8 if api == "inference" else 7), report
     assert report["calls"] > 5 * report["operations"], report
     if api == "inference":  # the handler was reached, and refused bad bodies with a 400
