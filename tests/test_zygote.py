@@ -99,3 +99,42 @@ def test_a_killed_zygote_takes_its_workers_and_both_come_back(make_server):
     assert all(ppid(pid) == again for pid in ready_pids(srv))
     assert predict_ok(srv)
     assert "worker zygote" in srv.log() and "exited" in srv.log()
+
+
+def test_a_worker_forked_after_its_launch_was_abandoned_is_killed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """fork() timed out (or was cancelled) before the zygote's 'forked' frame came: that
+    worker belongs to no pool, so the frontend kills it instead of leaving it running."""
+    import asyncio
+    import socket
+
+    from modelserve.server.zygote import Zygote
+
+    (tmp_path / "sleepy.py").write_text("import time\ntime.sleep(120)\n")
+    args = ["--model-dir", str(tmp_path), "--model-name", "sleepy", "--model-version", "1",
+            "--handler", "sleepy.py", "--manifest", "{}"]
+
+    async def abandon_one() -> tuple[int, set[int]]:
+        zygote = Zygote()
+        ours, theirs = socket.socketpair()
+        try:
+            kept = await zygote.fork(args, dict(os.environ), theirs.fileno())  # starts it
+            assert zygote.pid is not None
+            zygote.startup_timeout = 0  # the next fork() gives up before the answer comes
+            with pytest.raises(TimeoutError):
+                await zygote.fork(args, dict(os.environ), theirs.fileno())
+            # the abandoned worker is forked, reported, and killed; the kept one lives on
+            await asyncio.to_thread(wait_for, lambda: "launch was abandoned" in caplog.text)
+            await asyncio.to_thread(wait_for, lambda: child_pids(zygote.pid) == {kept.pid})
+            assert kept.returncode is None
+            kept.kill()
+            assert await asyncio.wait_for(kept.wait(), 10) == -signal.SIGKILL
+            return zygote.pid, child_pids(zygote.pid)
+        finally:
+            await zygote.close()
+            ours.close()
+            theirs.close()
+
+    zygote_pid, left = asyncio.run(abandon_one())
+    assert left == set()
+    assert not pid_alive(zygote_pid)

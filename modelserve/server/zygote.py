@@ -172,11 +172,17 @@ class Zygote:
         op = msg.get("op")
         if op == "forked":
             future = self._pending.pop(msg["id"], None)
-            if future is not None and not future.done():
-                # registered here, not in fork(): the worker's exit frame may come next,
-                # before fork() resumes
-                child = self._children[msg["pid"]] = ForkedProcess(msg["pid"])
-                future.set_result(child)
+            child = ForkedProcess(msg["pid"])
+            if future is None or future.done():
+                # its fork() timed out or was cancelled: nobody would ever stop this worker
+                log.warning("worker pid %s was forked after its launch was abandoned; "
+                            "killed", child.pid)
+                child.kill()
+                return
+            # registered here, not in fork(): the worker's exit frame may come next, before
+            # fork() resumes
+            self._children[child.pid] = child
+            future.set_result(child)
         elif op == "fork_failed":
             future = self._pending.pop(msg["id"], None)
             if future is not None and not future.done():
