@@ -11,19 +11,24 @@ Setup (not part of ``make test``; TorchServe needs Java 17):
     python3 -m venv bench/.ts-venv
     bench/.ts-venv/bin/pip install torch==2.13.0 torchserve==0.12.0 torch-model-archiver==0.12.0 \
         pyyaml psutil
-    .venv/bin/python bench/compare_torchserve.py --model-store model_store [--workers 2]
+    .venv/bin/python bench/compare_torchserve.py --model-store model_store [--workers 2] \
+        [--rounds 3]
     .venv/bin/python bench/compare_torchserve.py --model-store model_store --memory-only
 
-``--memory-only`` registers every model in one server of each kind (one worker each, as a
-deployment serving both would) and prints the idle PSS of each server's process tree.
+``--rounds N`` runs the servers N times in turn and reports the median of each number, with
+every round's req/s beside it. ``--memory-only`` registers every model in one server of each
+kind (one worker each, as a deployment serving both would) and prints the idle PSS of each
+server's process tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,6 +187,8 @@ def main() -> None:
                         help="load generator (default: wrk when installed)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="workers per model, both servers")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every server this many times, interleaved; report medians")
     parser.add_argument("--memory-only", action="store_true",
                         help="idle PSS with every model registered in one server of each kind")
     parser.add_argument("--json", action="store_true")
@@ -198,8 +205,9 @@ def main() -> None:
         src = args.model_store.resolve()
         threads = {} if args.workers == 1 else {
             "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // args.workers))}
-        for model in args.models:
-            archive = ts_archive(store, src, model, work)
+        ts_archives = {model: ts_archive(store, src, model, work) for model in args.models}
+        for model, round_ in itertools.product(args.models, range(args.rounds)):
+            archive = ts_archives[model]
             for name, starter, run_store, run_archive in (
                 ("torchserve", lambda a, s: start_torchserve(args.ts_python, s, [a], work,
                                                              threads),
@@ -218,19 +226,24 @@ def main() -> None:
                 try:
                     if args.workers != 1:
                         scale(ports[1], run_archive[:-4], args.workers)
-                    rows += measure(name, proc, ports[0], model, run_archive[:-4],
-                                    args.concurrency, args.duration)
+                    rows += [{**row, "round": round_} for row in measure(
+                        name, proc, ports[0], model, run_archive[:-4], args.concurrency,
+                        args.duration)]
                 finally:
                     stop(proc)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    if args.rounds > 1:
+        print(f"each row: round {' / '.join(str(r) for r in range(args.rounds))}; "
+              "the ratios compare medians")
+        rows = medians(rows)
     print(f"{'server':34} {'model':7} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'err':>4} {'PSS idle':>9} {'PSS load':>9}")
     for r in rows:
         print(f"{r['server']:34} {r['model']:7} {r['c']:>3} {r['rps']:>8.1f} {r['p50']:>8.2f} "
               f"{r['p99']:>8.2f} {r['errors']:>4} {r['idle_pss_mb']:>8.0f}M "
-              f"{r['pss_mb']:>8.0f}M")
+              f"{r['pss_mb']:>8.0f}M  {' / '.join(map(str, r.get('rounds', [])))}")
     base: dict[tuple[str, int], dict] = {}
     for r in rows:  # the better TorchServe configuration is the baseline
         key = (r["model"], r["c"])
@@ -243,6 +256,22 @@ def main() -> None:
             print(f"  {r['server']:34} {r['model']:7} c={r['c']:<3} "
                   f"{r['rps'] / ts['rps']:.2f}x throughput, {r['p99'] / ts['p99']:.2f}x p99, "
                   f"{r['idle_pss_mb'] / ts['idle_pss_mb']:.2f}x idle PSS")
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per server, model and concurrency: the median of each number over the
+    rounds (a machine whose speed drifts by ±10 % between runs needs more than one)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["server"], r["model"], r["c"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = {**group[0], "rounds": [round(r["rps"], 1) for r in group]}
+        for key in ("rps", "p50", "p99", "idle_pss_mb", "pss_mb"):
+            row[key] = statistics.median(r[key] for r in group)
+        row["errors"] = sum(r["errors"] for r in group)
+        out.append(row)
+    return out
 
 
 def memory_only(args: argparse.Namespace) -> None:

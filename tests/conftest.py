@@ -252,6 +252,33 @@ def copy_archive(store: Path, name: str, new_name: str) -> Path:
     return target
 
 
+# Handler-side source both streaming suites embed (handlers are files in archives, so the
+# shared part is text): ``n`` chunks ``delay`` s apart, an error at chunk ``fail_at``; the
+# ``count_file`` holds how many were produced, then "<n> closed" once the generator ended
+# (finished, failed, or closed because the client went away). Needs ``import time``.
+COUNTED_CHUNKS = textwrap.dedent('''
+    def counted_chunks(spec, make_chunk):
+        n, delay, fail_at = spec.get("n", 3), spec.get("delay", 0.0), spec.get("fail_at")
+        count_file = spec.get("count_file")
+        produced = 0
+        try:
+            for i in range(n):
+                if i and delay:
+                    time.sleep(delay)
+                if fail_at == i:
+                    raise RuntimeError(f"failed at chunk {i}")
+                produced += 1
+                if count_file:
+                    with open(count_file, "w") as f:
+                        f.write(str(produced))
+                yield make_chunk(i)
+        finally:
+            if count_file:
+                with open(count_file, "w") as f:
+                    f.write(f"{produced} closed")
+''')
+
+
 IDENTITY_HANDLER = textwrap.dedent('''
     """Test handler, TorchServe-style (no handle_v2): answers an OIP v2 request with its own
     inputs, plus the batch size it was run in and the request's parameters (as JSON)."""

@@ -29,7 +29,7 @@ import tritonclient.grpc.aio as aiogrpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import IDENTITY_HANDLER, Server, handler_archive
+from tests.conftest import COUNTED_CHUNKS, IDENTITY_HANDLER, Server, handler_archive
 
 CHUNKS_HANDLER = textwrap.dedent('''
     import json
@@ -56,24 +56,7 @@ CHUNKS_HANDLER = textwrap.dedent('''
             self.context = context
 
         def gen(self, spec, batch):
-            n, delay, fail_at = spec.get("n", 3), spec.get("delay", 0.0), spec.get("fail_at")
-            count_file = spec.get("count_file")
-            produced = 0
-            try:
-                for i in range(n):
-                    if i and delay:
-                        time.sleep(delay)
-                    if fail_at == i:
-                        raise RuntimeError(f"failed at chunk {i}")
-                    produced += 1
-                    if count_file:
-                        with open(count_file, "w") as f:
-                            f.write(str(produced))
-                    yield chunk(spec, i, batch)
-            finally:
-                if count_file:
-                    with open(count_file, "w") as f:
-                        f.write(f"{produced} closed")
+            return counted_chunks(spec, lambda i: chunk(spec, i, batch))
 
         def steps(self, specs):
             for i in range(max(s.get("n", 3) for s in specs)):
@@ -104,7 +87,7 @@ CHUNKS_HANDLER = textwrap.dedent('''
                 else:
                     out.append(self.gen(spec, len(data)))
             return out
-''')
+''') + COUNTED_CHUNKS
 
 
 @pytest.fixture(scope="module")

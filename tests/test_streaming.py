@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from modelserve.server.streaming import sse_event
-from tests.conftest import Server, handler_archive
+from tests.conftest import COUNTED_CHUNKS, Server, handler_archive
 
 GEN_HANDLER = textwrap.dedent('''
     """A generator per request; body: n, delay, tag, fail_at, count_file, plain, sleep, boom."""
@@ -34,25 +34,9 @@ GEN_HANDLER = textwrap.dedent('''
             self.context = context
 
         def stream(self, body, batch):
-            n, delay, fail_at = body.get("n", 3), body.get("delay", 0.0), body.get("fail_at")
-            count_file = body.get("count_file")
-            produced = 0
-            try:
-                for i in range(n):
-                    if i and delay:
-                        time.sleep(delay)
-                    if fail_at == i:
-                        raise RuntimeError(f"failed at chunk {i}")
-                    produced += 1
-                    if count_file:
-                        with open(count_file, "w") as f:
-                            f.write(str(produced))
-                    yield {"seq": i, "t": time.time(), "tag": body.get("tag"),
-                           "pid": os.getpid(), "batch": batch}
-            finally:
-                if count_file:
-                    with open(count_file, "w") as f:
-                        f.write(f"{produced} closed")
+            return counted_chunks(body, lambda i: {"seq": i, "t": time.time(),
+                                                   "tag": body.get("tag"), "pid": os.getpid(),
+                                                   "batch": batch})
 
         def handle(self, data, context):
             logs = {row["body"]["batch_log"] for row in data
@@ -72,7 +56,7 @@ GEN_HANDLER = textwrap.dedent('''
                 else:
                     out.append(self.stream(body, len(data)))
             return out
-''')
+''') + COUNTED_CHUNKS
 
 # TorchServe's streaming handler form, unmodified: ts.* imports, a batch-sized list per
 # send_intermediate_predict_response call, and the returned list as the last chunk.
