@@ -58,7 +58,7 @@ def datatype_of(dtype: np.dtype) -> str:
 
 
 def element_count(shape: Sequence[int]) -> int:
-    if any(not isinstance(d, int) or d < 0 for d in shape):
+    if any(type(d) is not int or d < 0 for d in shape):  # bool is an int subclass: refused
         raise TensorError(f"invalid shape {list(shape)}: dimensions must be integers >= 0")
     return math.prod(shape)
 

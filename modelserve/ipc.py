@@ -39,6 +39,11 @@ MAX_FRAME = 1 << 31  # 2 GiB: a frame longer than this is a protocol error, not 
 _packer_options: dict[str, Any] = {"use_bin_type": True}
 
 
+# what msgpack raises for a value it cannot pack: nesting past its limit (ValueError), an
+# integer beyond 64 bits (OverflowError), an unknown type (TypeError)
+ENCODE_ERRORS = (ValueError, OverflowError, TypeError)
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One frame: length prefix + msgpack payload."""
     payload = msgpack.packb(message, **_packer_options)

@@ -61,3 +61,44 @@ def test_oversized_length_is_refused():
         a.sendall(ipc.HEADER.pack(ipc.MAX_FRAME + 1))
         with pytest.raises(ipc.FrameError, match="exceeds"):
             ipc.recv_frame(b)
+
+
+async def test_a_request_the_frame_cannot_carry_fails_alone_and_the_batch_goes_on():
+    """Defence behind the input checks: a job msgpack refuses (nesting past its limit, an
+    integer past 64 bits) gets a 400 at once; the others of its batch are sent; nothing is
+    left in flight without an answer or a timer."""
+    from modelserve.errors import BadRequestError
+    from modelserve.server.jobs import Job
+    from modelserve.server.workers import WorkerProcess, WorkerSpec
+
+    class Writer:
+        frames: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.frames.append(data)
+
+    spec = WorkerSpec("m", "1", "/nonexistent", "h.py", (), {}, {}, 8, "cpu", 10, 10, 2)
+    worker = WorkerProcess(spec, 0, 1, on_change=lambda: None, on_exit=lambda w: None)
+    worker._writer = Writer()  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+
+    def job(v2: dict | None) -> Job:
+        return Job("r", "application/json", b"{}", {}, loop.create_future(), v2=v2)
+
+    nested: list = []
+    for _ in range(1100):  # msgpack stops at ~1024 levels
+        nested = [nested]
+    good, deep, huge = job(None), job({"parameters": {"x": nested}}), job({"n": 2 ** 70})
+    worker.send([good, deep, huge])
+    for bad in (deep, huge):
+        with pytest.raises(BadRequestError, match="cannot be passed to the worker"):
+            await bad.future
+    [frame] = Writer.frames
+    message = ipc.decode(frame[ipc.HEADER.size:])
+    assert len(message["reqs"]) == 1 and list(worker.inflight.values()) == [[good]]
+    assert len(worker._timers) == 1
+
+    worker.send([job({"x": nested})])  # a batch with nothing left to send
+    assert len(Writer.frames) == 1 and len(worker.inflight) == 1
+    for timer in worker._timers.values():
+        timer.cancel()

@@ -205,3 +205,15 @@ def test_messages_are_wire_compatible_with_tritonclient():
     for line in ours:
         full_name, field, number, type_ = line.split()
         assert theirs.get((full_name, field)) == (int(number), int(type_)), line
+
+
+@pytest.mark.parametrize("name", ["", "../../../etc/passwd", ".", "..", "-x", "a/b"])
+def test_repository_load_refuses_names_that_are_not_model_names(v2_server, name):
+    """Checked before the name touches the file system: no 500 from the registration's own
+    check, and no way to tell whether some path exists (INVALID_ARGUMENT either way)."""
+    with grpc.insecure_channel(v2_server.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=name))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "invalid model name" in info.value.details()

@@ -208,6 +208,16 @@ def _tensor(shape, datatype="FP32", data=None, name="input"):
     ("identity", {"inputs": [_tensor([2], "INT8", [1, 900])]}, 400, r"INT8 data"),
     ("identity", {"inputs": [_tensor([1], "INT32")], "outputs": [{"name": "zzz"}]}, 400,
      r"unknown output"),
+    # a bool is an int to Python, not a dimension (it reached the worker's reshape: a 500)
+    ("digits", {"inputs": [_tensor([True, 1, 8, 8], data=[0.5] * 64)]}, 400,
+     r"dimensions must be integers"),
+    # parameters are booleans, numbers and strings; a deeply nested one could not be framed
+    # for the worker, its request was never answered and it held the worker's pipeline slot
+    ("digits", b'{"parameters": {"x": ' + b"[" * 1020 + b"0" + b"]" * 1020 + b'}, "inputs": ['
+     + json.dumps(_tensor([1, 1, 8, 8])).encode() + b"]}", 400,
+     r"request parameter 'x' must be a boolean, number or string, not list"),
+    ("digits", {"inputs": [{**_tensor([1, 1, 8, 8]), "parameters": {"p": {"a": 1}}}]}, 400,
+     r"input 'input' parameter 'p' must be a boolean, number or string, not dict"),
 ])
 def test_bad_requests_are_4xx_with_the_protocol_error_shape(v2_server, model, body, status,
                                                             message):
@@ -222,10 +232,12 @@ def test_bad_requests_are_4xx_with_the_protocol_error_shape(v2_server, model, bo
     ("9999", b"", r"outside the body"),
     (None, b"\x00" * 10, r"binary_data_size 256 runs past the end"),
     (None, b"\x00" * 300, r"44 bytes of binary data are not claimed"),
+    (None, b"\x00" * 256, r"binary_data_size True"),
 ])
 def test_bad_binary_requests_are_400(v2_server, header_len, extra, message):
+    size = True if "True" in message else 256  # a bool is not a size
     header = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 256}}]}).encode()
+                                     "parameters": {"binary_data_size": size}}]}).encode()
     r = _post(v2_server, "digits", header + extra,
               {"Inference-Header-Content-Length": header_len or str(len(header))})
     assert r.status_code == 400, r.text
@@ -387,6 +399,8 @@ def test_repository_load_and_unload(v2_server):
         assert not client.is_model_ready("echo")
         with pytest.raises(InferenceServerException, match="no archive named nothing"):
             client.load_model("nothing")
+        with pytest.raises(InferenceServerException, match="invalid model name '.hidden'"):
+            client.load_model(".hidden")  # refused before it names a file (was a 500)
     finally:
         client.close()
 

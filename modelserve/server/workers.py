@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelserve import ipc
-from modelserve.errors import ModelServeError, RequestTimeoutError, WorkerDiedError
+from modelserve.errors import BadRequestError, ModelServeError, RequestTimeoutError, WorkerDiedError
 from modelserve.server import streaming
 from modelserve.server.jobs import Job, Result
 from modelserve.server.procfs import rss_bytes
@@ -76,6 +76,16 @@ class WorkerSpec:
             "--device-type", self.device_type,
             "--threads", str(threads),
         ]
+
+
+def _encodable(job: Job) -> bool:
+    """Whether the job fits in a frame; if not, it is failed with a 400."""
+    try:
+        ipc.encode({"reqs": [job.wire()]})
+    except ipc.ENCODE_ERRORS as exc:
+        job.fail(BadRequestError(f"request cannot be passed to the worker: {exc}"))
+        return False
+    return True
 
 
 class WorkerLoadError(ModelServeError):
@@ -205,13 +215,23 @@ class WorkerProcess:
 
     def send(self, jobs: list[Job]) -> None:
         batch_id = next(self._ids)
+        try:
+            frame = ipc.encode({"op": "infer", "id": batch_id,
+                                "reqs": [job.wire() for job in jobs]})
+        except ipc.ENCODE_ERRORS:
+            # a request the input checks let through but the frame cannot carry: it alone
+            # gets a 400, the rest of the batch goes on
+            jobs = [job for job in jobs if _encodable(job)]
+            if not jobs:
+                return
+            frame = ipc.encode({"op": "infer", "id": batch_id,
+                                "reqs": [job.wire() for job in jobs]})
         now = time.perf_counter()
         for job in jobs:
             job.dispatched = now
         self.inflight[batch_id] = jobs
         assert self._writer is not None
-        self._writer.write(ipc.encode({"op": "infer", "id": batch_id,
-                                       "reqs": [job.wire() for job in jobs]}))
+        self._writer.write(frame)
         self._timers[batch_id] = asyncio.get_running_loop().call_later(
             self.spec.response_timeout, self._timed_out, batch_id
         )

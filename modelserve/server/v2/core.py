@@ -9,6 +9,7 @@ only checked for self-consistency.
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from modelserve.datatypes import TensorError
 from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane, store_models
 from modelserve.server.jobs import Result
-from modelserve.server.registration import RegisterRequest
+from modelserve.server.registration import MODEL_NAME_PATTERN, RegisterRequest
 from modelserve.server.registry import ModelVersion
 from modelserve.server.streaming import Stream
 from modelserve.server.v2.types import InferRequest, Signature
@@ -234,6 +235,9 @@ class V2Core:
         already registered stays as it is."""
         if name in self.dp.registry.names():
             return
+        if not re.fullmatch(MODEL_NAME_PATTERN, name):  # before it names a file
+            raise BadRequestError(f"invalid model name {name[:200]!r}: letters, digits, "
+                                  "'_', '-' and '.', starting with a letter or digit")
         store = self.dp.settings.model_store
         for suffix in (*ARCHIVE_SUFFIXES, ""):
             if (store / f"{name}{suffix}").exists():

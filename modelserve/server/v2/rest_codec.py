@@ -28,7 +28,16 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 def _parameters(value: Any, what: str) -> dict[str, Any]:
-    return _object(value, f"{what} 'parameters'") if value is not None else {}
+    """OIP parameters: a JSON object of booleans, numbers and strings (the protocol's
+    ``$parameter_value``; gRPC's ``InferParameter`` holds nothing else)."""
+    if value is None:
+        return {}
+    params = _object(value, f"{what} 'parameters'")
+    for key, item in params.items():
+        if not isinstance(item, (bool, int, float, str)):
+            raise TensorError(f"{what} parameter '{key}' must be a boolean, number or string, "
+                              f"not {type(item).__name__}")
+    return params
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -67,7 +76,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         tparams = _parameters(item.get("parameters"), f"input '{name}'")
         size = tparams.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+            if type(size) is not int or size < 0 or offset + size > len(body):
                 raise TensorError(f"input '{name}': binary_data_size {size!r} runs past the "
                                   f"end of the body ({len(body) - offset} bytes left)")
             raw: bytes | memoryview = view[offset:offset + size]
