@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import re
+import struct
+import zlib
 
 import httpx
 import numpy as np
@@ -105,6 +107,25 @@ def test_unknown_model_version_route(server, method, path, status, kind):
     assert set(r.json()) == {"code", "type", "message"}
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds none: a decompression bomb
+    to Pillow, refused when opened."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                                  0, 0, 0)) + chunk(b"IEND", b""))
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+NPY = {"Content-Type": "application/x-npy"}
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "message"),
     [
@@ -115,6 +136,10 @@ def test_unknown_model_version_route(server, method, path, status, kind):
         (b"\x00\x01\x02", {"Content-Type": "application/octet-stream"}, r"unrecognised body"),
         (b"\x89PNG\r\n\x1a\nbroken", {"Content-Type": "image/png"}, r"cannot decode image"),
         (b"", JSON, r"not valid JSON"),
+        # these three were 500s: Pillow's bomb check, a .npy of strings, a broken .npy header
+        (png_header(20000, 20000), {"Content-Type": "image/png"}, r"image is too large"),
+        (npy(np.array(["abc"] * 64)), NPY, r"dtype <U3 is not float32 numbers"),
+        (npy(np.zeros(64, np.float32)).replace(b"}", b"", 1), NPY, r"invalid \.npy body"),
     ],
 )
 def test_bad_input_is_400_with_a_message(server, body, headers, message):

@@ -30,18 +30,20 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
 import orjson
 import torch
+from PIL import Image
 
 from modelserve.datatypes import datatype_of
 from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.errors import BadInputError
 from modelserve.handlers.runtimes import input_shape as model_input_shape
 from modelserve.handlers.runtimes import is_onnx, onnx_signature, platform_of, run_named
-from modelserve.handlers.vision import label_for
+from modelserve.handlers.vision import label_for, open_image
 
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -68,15 +70,19 @@ def _as_array(value: Any, dtype: np.dtype, shape: list[int] | None, image: dict)
             raise BadInputError(
                 f"input must be a (nested) list of numbers: {exc}"
             ) from None
-    if shape is None:
+    if shape is not None:
+        expected = math.prod(shape)
+        if value.size != expected:
+            raise BadInputError(
+                f"expected {expected} values (per-sample shape {shape}), got {value.size}"
+                f" (shape {list(value.shape)})"
+            )
+        value = value.reshape(shape)
+    try:
         return value.astype(dtype, copy=False)
-    expected = math.prod(shape)
-    if value.size != expected:
-        raise BadInputError(
-            f"expected {expected} values (per-sample shape {shape}), got {value.size}"
-            f" (shape {list(value.shape)})"
-        )
-    return value.reshape(shape).astype(dtype, copy=False)
+    except (ValueError, TypeError) as exc:  # e.g. a .npy of strings
+        raise BadInputError(f"input of dtype {value.dtype} is not {dtype} numbers: {exc}") \
+            from None
 
 
 def _from_bytes(
@@ -85,7 +91,7 @@ def _from_bytes(
     if body.startswith(_NPY_MAGIC):
         try:
             return np.load(io.BytesIO(body), allow_pickle=False)
-        except ValueError as exc:
+        except (ValueError, SyntaxError, TokenError, EOFError) as exc:  # a broken header
             raise BadInputError(f"invalid .npy body: {exc}") from None
     if body.startswith(_IMAGE_MAGIC):
         return _decode_image(body, shape, image)
@@ -107,13 +113,11 @@ def _decode_image(body: bytes, shape: list[int] | None, image: dict) -> np.ndarr
     mode = image.get("mode")
     if not mode:
         raise BadInputError("this model does not take images; send JSON numbers")
-    from PIL import Image, UnidentifiedImageError
-
+    img = open_image(body)
     try:
-        img = Image.open(io.BytesIO(body))
         img = img.convert(mode)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BadInputError(f"cannot decode image: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"cannot convert the image to {mode}: {exc}") from None
     if shape is not None and len(shape) >= 2:
         height, width = shape[-2], shape[-1]
         if img.size != (width, height):

@@ -38,8 +38,9 @@ def allow_large_images(context: Any) -> None:
         Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(value: Any) -> Image.Image:
-    """An RGB image from bytes or a base64 string; BadInputError when it is neither."""
+def open_image(value: Any) -> Image.Image:
+    """A decoded image, in its own mode, from bytes or a base64 string; BadInputError for
+    anything Pillow cannot decode (a truncated file, a decompression bomb, a bad palette)."""
     if isinstance(value, str):
         try:
             value = base64.b64decode(value)
@@ -58,6 +59,12 @@ def decode_image(value: Any) -> Image.Image:
         raise BadInputError(f"image is too large: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadInputError(f"cannot decode image: {exc}") from None
+    return image
+
+
+def decode_image(value: Any) -> Image.Image:
+    """An RGB image from bytes or a base64 string; BadInputError when it is neither."""
+    image = open_image(value)
     # Models take 3 channels; TorchServe would pass L/RGBA/P images through as 1 or 4 channels.
     return image if image.mode == "RGB" else image.convert("RGB")
 
