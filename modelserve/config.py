@@ -8,7 +8,7 @@ parameters, as in TorchServe.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -18,6 +18,13 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+# Bounds of the batching parameters wherever they are set (config.yaml, model-config.yaml,
+# POST /models): finite, and small enough for the OIP model config's integer fields (Triton's
+# max_batch_size is an int32, max_queue_delay_microseconds a uint64).
+BatchSize = Annotated[int, Field(ge=1, le=2**31 - 1)]
+DelayMs = Annotated[float, Field(ge=0, le=86_400_000, allow_inf_nan=False)]  # at most a day
+TimeoutS = Annotated[float, Field(gt=0, le=604_800, allow_inf_nan=False)]  # at most a week
 
 
 class Settings(BaseSettings):
@@ -43,10 +50,10 @@ class Settings(BaseSettings):
     max_workers_per_model: int = Field(
         64, ge=1, description="Most worker processes one model version may ask for (registration, "
         "model-config.yaml or the scale API): a typo must not fork thousands of processes.")
-    batch_size: int = Field(1, ge=1, description="Default maximum batch size.")
-    max_batch_delay: float = Field(100.0, ge=0, description="Default batch wait, milliseconds.")
-    response_timeout: float = Field(120.0, gt=0, description="Seconds a batch may take.")
-    startup_timeout: float = Field(120.0, gt=0, description="Seconds a worker may take to load.")
+    batch_size: BatchSize = Field(1, description="Default maximum batch size.")
+    max_batch_delay: DelayMs = Field(100.0, description="Default batch wait, milliseconds.")
+    response_timeout: TimeoutS = Field(120.0, description="Seconds a batch may take.")
+    startup_timeout: TimeoutS = Field(120.0, description="Seconds a worker may take to load.")
     job_queue_size: int = Field(
         1000, ge=1, description="Queued requests per model version before 503."
     )
@@ -160,10 +167,10 @@ class ModelConfig(BaseModel):
 
     min_workers: int = Field(1, ge=0, alias="minWorkers")
     max_workers: int = Field(1, ge=0, alias="maxWorkers")
-    batch_size: int = Field(1, ge=1, alias="batchSize")
-    max_batch_delay: float = Field(100.0, ge=0, alias="maxBatchDelay")  # milliseconds
-    response_timeout: float = Field(120.0, gt=0, alias="responseTimeout")  # seconds
-    startup_timeout: float = Field(120.0, gt=0, alias="startupTimeout")  # seconds
+    batch_size: BatchSize = Field(1, alias="batchSize")
+    max_batch_delay: DelayMs = Field(100.0, alias="maxBatchDelay")  # milliseconds
+    response_timeout: TimeoutS = Field(120.0, alias="responseTimeout")  # seconds
+    startup_timeout: TimeoutS = Field(120.0, alias="startupTimeout")  # seconds
     job_queue_size: int = Field(1000, ge=1, alias="jobQueueSize")
     device_type: str | None = Field(None, alias="deviceType")  # "cpu" or "gpu"
 

@@ -131,6 +131,18 @@ def test_zero_workers_then_predict_is_503(server):
                              "initial_workers": 65}, 400, "initial_workers of 65 is over"),
         ("delete", "/models/nope", {}, 404, "Model not found"),
         ("delete", "/models/digits/7.0", {}, 404, "version 7.0"),
+        # these were 500s, at once or on a later call
+        ("post", "/models", {"url": "\x00"}, 400, "must not contain a NUL"),
+        ("post", "/models", {"url": "file:///tmp/%00"}, 400, "must not contain a NUL"),
+        ("post", "/models", {"url": "a" * 5000 + ".mar"}, 400, "File name too long"),
+        ("post", "/models", {"url": "digits.mar", "model_name": "d8",
+                             "max_batch_delay": "inf"}, 400, "finite number"),
+        ("post", "/models", {"url": "digits.mar", "model_name": "d8",
+                             "response_timeout": "inf"}, 400, "finite number"),
+        ("post", "/models", {"url": "digits.mar", "model_name": "d5",
+                             "batch_size": str(10 ** 23)}, 400, "less than or equal to"),
+        ("post", "/models", {"url": "digits.mar", "model_name": "h0",
+                             "handler": "x\x00.py"}, 400, "handler"),
     ],
 )
 def test_management_errors(server, method, path, params, status, pattern):

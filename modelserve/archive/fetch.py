@@ -60,13 +60,19 @@ def resolve_archive(url: str, model_store: Path, workdir: Path, allowed_urls: li
         raise BadRequestError(f"unsupported URL scheme '{scheme}' in {url}")
     else:
         path = Path(url)
+    if "\x00" in str(path):
+        raise BadRequestError("url must not contain a NUL character")
     store = model_store.resolve()
     candidate = path if path.is_absolute() else store / path
-    inside = candidate.resolve().is_relative_to(store)
-    if not inside and not _allowed(f"file://{candidate.resolve()}", allowed_urls):
-        raise BadRequestError(
-            f"{url} is outside the model store and does not match any allowed URL(s)"
-        )
-    if not candidate.exists():
+    try:
+        inside = candidate.resolve().is_relative_to(store)
+        if not inside and not _allowed(f"file://{candidate.resolve()}", allowed_urls):
+            raise BadRequestError(
+                f"{url} is outside the model store and does not match any allowed URL(s)"
+            )
+        exists = candidate.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise BadRequestError(f"invalid archive path {url[:200]!r}: {exc.strerror}") from None
+    if not exists:
         raise ModelNotFoundError(f"Model not found in model store: {url}")
     return candidate
