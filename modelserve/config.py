@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -172,7 +172,12 @@ class ModelConfig(BaseModel):
     response_timeout: TimeoutS = Field(120.0, alias="responseTimeout")  # seconds
     startup_timeout: TimeoutS = Field(120.0, alias="startupTimeout")  # seconds
     job_queue_size: int = Field(1000, ge=1, alias="jobQueueSize")
-    device_type: str | None = Field(None, alias="deviceType")  # "cpu" or "gpu"
+    device_type: Literal["cpu", "gpu"] | None = Field(None, alias="deviceType")
+
+    @field_validator("device_type", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def resolve(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from typer.testing import CliRunner
 
 from modelserve.cli import app
@@ -45,6 +46,21 @@ def test_archive_command_reports_errors(tmp_path):
                                  "--serialized-file", str(tmp_path / "missing.pt")])
     assert result.exit_code == 2
     assert "not found" in result.output
+
+
+@pytest.mark.parametrize(("name", "version", "message"), [
+    ("../evil", "1.0", "invalid model name '../evil'"),  # wrote ../evil.mar beside the export
+    ("", "1.0", "invalid model name ''"),
+    ("m", "1/2", "invalid version '1/2'"),
+])
+def test_archive_command_refuses_names_that_are_not_one_path_segment(tmp_path, name, version,
+                                                                      message):
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["archive", "--model-name", name, "--version", version,
+                                 "--handler", "tensor_handler", "--export-path", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert list(tmp_path.rglob("*.mar")) == []
 
 
 def test_python_dash_m_entry_point():

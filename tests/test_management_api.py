@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
+import zipfile
 
 import httpx
 import pytest
@@ -159,6 +161,48 @@ def test_corrupt_archive_is_400(server, tmp_path):
     r = httpx.post(f"{server.management}/models", params={"url": "corrupt.mar"})
     assert r.status_code == 400
     assert "corrupt.mar" in r.json()["message"]
+
+
+def raw_archive(path, name: str, version: str = "1.0", config: bytes | None = None) -> None:
+    """A .mar written by hand: any manifest name and version, any model-config.yaml bytes."""
+    model = {"modelName": name, "modelVersion": version, "handler": "h.py"}
+    if config is not None:
+        model["configFile"] = "model-config.yaml"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("MAR-INF/MANIFEST.json", json.dumps(
+            {"createdOn": "01/01/2026 00:00:00", "runtime": "python", "model": model}))
+        zf.writestr("h.py", "def handle(data, context):\n    return data\n")
+        if config is not None:
+            zf.writestr("model-config.yaml", config)
+
+
+@pytest.mark.parametrize(("name", "version", "config", "pattern"), [
+    # JSON cannot carry these to a worker: registration used to fail with a 500 after the
+    # version was added, leaving it stuck ("Loading", 409 on a retry) and the server unable
+    # to start again from its snapshot
+    ("cfgdate", "1.0", b"when: 2020-01-01\n", r"model-config.yaml: TypeError"),
+    ("cfgset", "1.0", b"s: !!set {a: null}\n", r"model-config.yaml: TypeError"),
+    ("cfgloop", "1.0", b"a: &a [*a]\n", r"model-config.yaml: ValueError"),
+    ("cfgutf", "1.0", b"a: \xff\xfe\n", r"model-config.yaml: UnicodeDecodeError"),
+    ("cfgtpu", "1.0", b"deviceType: tpu\n", r"deviceType"),
+    # a name or version that is not one URL path segment: registered, then never found again
+    ("a/b", "1.0", None, r"invalid model name 'a/b'"),
+    ("", "1.0", None, r"invalid model name ''"),
+    ("../evil", "1.0", None, r"invalid model name '../evil'"),
+    ("okname", "1/2", None, r"invalid model version '1/2'"),
+    ("okname", "all", None, r"invalid model version 'all'"),
+])
+def test_archive_contents_that_cannot_be_served_are_400(server, name, version, config, pattern):
+    archive = server.store / f"bad-{abs(hash((name, version, config)))}.mar"
+    raw_archive(archive, name, version, config)
+    try:
+        r = httpx.post(f"{server.management}/models", params={"url": archive.name}, timeout=60)
+        assert r.status_code == 400, r.text
+        assert re.search(pattern, r.json()["message"]), r.json()["message"]
+        listed = {m["modelName"] for m in httpx.get(f"{server.management}/models").json()["models"]}
+        assert name not in listed
+    finally:
+        archive.unlink()
 
 
 def test_killed_worker_is_replaced_and_requests_succeed(server):

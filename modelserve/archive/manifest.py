@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ARCHIVER_VERSION = "0.12.0"
 MANIFEST_PATH = "MAR-INF/MANIFEST.json"
+# A model's name and version become URL path segments and file names.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$"
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-.+]*$"  # and not "all" (every version)
 
 
 class ModelSection(BaseModel):

@@ -277,8 +277,13 @@ def open_archive(source: Path, workdir: Path, limits: Limits | None = None) -> A
         config_path = model_dir / manifest.model.config_file
         try:
             config = yaml.safe_load(config_path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ArchiveError(f"cannot read {manifest.model.config_file}: {exc}") from None
+            # the workers receive it as JSON: dates, sets, binary and cyclic aliases are
+            # refused here, not when a worker is started
+            json.dumps(config)
+        except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, TypeError,
+                ValueError) as exc:
+            raise ArchiveError(f"cannot read {manifest.model.config_file}: "
+                               f"{type(exc).__name__}: {str(exc)[:300]}") from None
         if not isinstance(config, dict):
             raise ArchiveError(f"{manifest.model.config_file} must be a YAML mapping")
     return Archive(source=source, model_dir=model_dir, manifest=manifest, model_yaml_config=config)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
 
-from modelserve.archive.manifest import MANIFEST_PATH, Manifest
+from modelserve.archive.manifest import (
+    MANIFEST_PATH,
+    MODEL_NAME_PATTERN,
+    MODEL_VERSION_PATTERN,
+    Manifest,
+)
 
 FORMATS = ("default", "tgz", "no-archive", "zip-store")
 _SKIP_DIRS = {"__pycache__"}
@@ -100,6 +106,12 @@ def create_archive(
     ``aot_compile``: the serialized file is a torch.export .pt2, archived as an AOTInductor
     package compiled on (and for) this machine instead; modelserve's addition to the flags.
     """
+    if not re.fullmatch(MODEL_NAME_PATTERN, model_name):  # it names the file written
+        raise ValueError(f"invalid model name {model_name!r}: letters, digits, '_', '-' and "
+                         "'.', starting with a letter or digit")
+    if not re.fullmatch(MODEL_VERSION_PATTERN, version) or version == "all":
+        raise ValueError(f"invalid version {version!r}: letters, digits, '_', '-', '.' and "
+                         "'+', not 'all'")
     if aot_compile and serialized_file is None:
         raise ValueError("--aot-compile needs a --serialized-file torch.export .pt2")
     if archive_format not in FORMATS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import orjson
 
 from modelserve.archive import Archive, ArchiveError, open_archive
 from modelserve.archive.fetch import resolve_archive
+from modelserve.archive.manifest import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN
 from modelserve.archive.reader import Limits, check_member
 from modelserve.archive.requirements import RequirementsError, install_requirements
 from modelserve.config import ModelConfig, Settings
@@ -194,6 +196,14 @@ class DataPlane:
             raise BadRequestError(f"invalid model archive {req.url}: {exc}") from None
         name = req.model_name or archive.name
         version = archive.version
+        # both become URL path segments and file names: an archive must not name itself
+        # "a/b" (registered, then never found again) or "../x"
+        if not re.fullmatch(MODEL_NAME_PATTERN, name):
+            raise BadRequestError(f"invalid model name {name[:200]!r} in {req.url}: letters, "
+                                  "digits, '_', '-' and '.', starting with a letter or digit")
+        if not re.fullmatch(MODEL_VERSION_PATTERN, version) or version == "all":
+            raise BadRequestError(f"invalid model version {version[:200]!r} in {req.url}: "
+                                  "letters, digits, '_', '-', '.' and '+', not 'all'")
         try:
             config = ModelConfig.resolve(
                 s, archive.model_yaml_config, {
@@ -226,10 +236,13 @@ class DataPlane:
             return 202, "Processing worker updates..."
         try:
             await mv.pool.scale(workers)
-        except ModelServeError as exc:
+        except Exception as exc:  # whatever it was, the version must not stay half-registered
             await self._discard(mv)
+            if not isinstance(exc, ModelServeError):
+                log.exception("starting workers for %s %s failed", name, version)
+            cause = exc.message if isinstance(exc, ModelServeError) else repr(exc)
             raise ModelServeError(
-                f"Failed to start workers for model {name} version: {version}: {exc.message}"
+                f"Failed to start workers for model {name} version: {version}: {cause}"
             ) from None
         return 200, f'Model "{name}" Version: {version} registered with {workers} initial workers'
 
@@ -380,6 +393,9 @@ class DataPlane:
             await mv.pool.scale(count)
         except Exception as exc:
             log.error("scaling %s to %d workers failed: %s", mv.name, count, exc)
+            if not mv.pool.workers:  # none will come: queued and new requests get 503 at once
+                mv.pool.target = 0
+                mv.batcher.wake()
 
     def startup_archives(self) -> list[tuple[str | None, str]]:
         """(name override, archive) pairs from ``load_models``; 'all' means the whole store."""

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelserve.archive.manifest import MODEL_NAME_PATTERN
 from modelserve.config import BatchSize, DelayMs, TimeoutS
-
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$"
 
 
 class RegisterRequest(BaseModel):

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelserve import __version__
+from modelserve.archive.manifest import MODEL_NAME_PATTERN
 from modelserve.datatypes import TensorError
 from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane, store_models
 from modelserve.server.jobs import Result
-from modelserve.server.registration import MODEL_NAME_PATTERN, RegisterRequest
+from modelserve.server.registration import RegisterRequest
 from modelserve.server.registry import ModelVersion
 from modelserve.server.streaming import Stream
 from modelserve.server.v2.types import InferRequest, Signature
