@@ -86,3 +86,37 @@ def test_errors_carry_status_and_torchserve_shape(exc, status, kind, text):
 def test_unserialisable_result_is_an_error_response():
     status, _, body, _ = encode_response({"x": object()}, 0, ctx())
     assert status == 500 and b"cannot be encoded" in body
+
+
+@pytest.mark.parametrize(("status", "header", "message"), [
+    (999, None, "status 999 is not an integer from 200 to 599"),
+    (0, None, "status 0"),
+    ("201", None, "status '201'"),
+    (200.5, None, "status 200.5"),
+    (101, None, "status 101"),
+    (200, ("bad key", "v"), "header name 'bad key' is not an HTTP token"),
+    (200, ("x-a", "v\r\nx-evil: 1"), "line breaks"),
+    (200, ("x-a", "café€"), "outside Latin-1"),
+])
+def test_a_status_or_header_http_cannot_carry_is_an_error_response(status, header, message):
+    """These reached the frontend and broke the connection (no response at all), or a 500
+    with a traceback; now the request gets a 500 that says what the handler did."""
+    c = ctx()
+    c.set_response_status(status, idx=0)
+    if header:
+        c.set_response_header(0, *header)
+    code, _, body, _ = encode_response({"ok": 1}, 0, c)
+    assert code == 500
+    assert "the handler's response cannot be sent" in orjson.loads(body)["message"]
+    assert message in orjson.loads(body)["message"]
+
+
+def test_framing_headers_are_the_servers_and_no_body_statuses_send_none():
+    c = ctx()
+    c.set_response_header(0, "Content-Length", "5000")  # would truncate the real body
+    c.set_response_header(0, "Transfer-Encoding", "chunked")
+    c.set_response_header(0, "x-fine", "café")  # Latin-1 is allowed
+    assert encode_response(b"abc", 0, c) == [200, "application/octet-stream", b"abc",
+                                             {"x-fine": "café"}]
+    c.set_response_status(204, idx=0)
+    assert encode_response({"ignored": 1}, 0, c)[0:3] == [204, "text/plain", b""]

@@ -9,6 +9,7 @@ An exception in place of a result becomes that request's error response.
 from __future__ import annotations
 
 import inspect
+import re
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -94,13 +95,49 @@ def error_response(exc: BaseException) -> list[Any]:
     return [status, JSON, body, {}]
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})  # the server's
+_NO_BODY = frozenset({204, 205, 304})
+
+
+def _response_head(ctx: Context, idx: int) -> tuple[int, dict[str, str]]:
+    """The status and headers the handler set for request ``idx``; ValueError for what an
+    HTTP response cannot carry (it would otherwise break the connection in the frontend)."""
+    status = (ctx.get_response_status(idx) or (200, ""))[0]
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ValueError(f"response status {status!r} is not an integer from 200 to 599")
+    headers = {}
+    for name, value in ctx.get_response_headers(idx).items():
+        if name in _FRAMING:
+            continue
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"response header name {name!r} is not an HTTP token")
+        if "\r" in value or "\n" in value or not value.isascii() and not _latin1(value):
+            raise ValueError(f"response header {name} value {value[:100]!r} has line breaks "
+                             "or characters outside Latin-1")
+        headers[name] = value
+    return status, headers
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def encode_response(result: Any, idx: int, ctx: Context) -> list[Any]:
     """``[status, content_type, body, headers]`` for one handler result."""
     if isinstance(result, BaseException):
         return error_response(result)
-    headers = dict(ctx.get_response_headers(idx))
+    try:
+        status, headers = _response_head(ctx, idx)
+    except ValueError as exc:
+        return error_response(ValueError(f"the handler's response cannot be sent: {exc}"))
     content_type = headers.pop("content-type", None)
-    status = (ctx.get_response_status(idx) or (200, ""))[0]
+    if status in _NO_BODY:  # HTTP forbids a body with these
+        return [status, content_type or "text/plain", b"", headers]
     if isinstance(result, (bytes, bytearray, memoryview)):
         return [status, content_type or "application/octet-stream", bytes(result), headers]
     if isinstance(result, str):
