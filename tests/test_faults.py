@@ -49,6 +49,8 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("fault-src")
     handler_archive(src, store, "fault", FAULT_HANDLER, {"batchSize": 1, "maxBatchDelay": 1})
     handler_archive(src, store, "slowload", FAULT_HANDLER, {"batchSize": 1, "init_sleep": 3})
+    # initialize raises (float("never")): the model can never load
+    handler_archive(src, store, "noload", FAULT_HANDLER, {"batchSize": 1, "init_sleep": "never"})
     return store
 
 
@@ -299,3 +301,30 @@ def test_management_body_over_max_request_size_is_413(make_server):
     assert r.status_code == 413, r.text
     assert "max_request_size" in r.json()["message"]
     assert httpx.get(f"{srv.management}/models").status_code == 200
+
+
+def test_scaling_to_zero_answers_the_queued_requests_at_once(make_server):
+    """They used to wait out the queue timeout (response_timeout, 120 s) for a worker that
+    no one would start."""
+    srv = make_server({"pipeline_depth": 1})
+    with ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(predict, srv, {"sleep": 2}) for _ in range(4)]
+        time.sleep(0.5)  # one on the worker, three queued
+        r = httpx.put(f"{srv.management}/models/fault", timeout=60,
+                      params={"min_worker": 0, "max_worker": 0, "synchronous": "true"})
+        assert r.status_code == 200, r.text
+        answers = [f.result() for f in calls]  # predict() gives up after 60 s
+    assert sorted(a.status_code for a in answers) == [200, 503, 503, 503]
+    assert all("has no worker to serve" in a.json()["message"]
+               for a in answers if a.status_code == 503)
+
+
+def test_failed_asynchronous_registration_answers_503_at_once(make_server):
+    srv = make_server()
+    r = httpx.post(f"{srv.management}/models", timeout=60,
+                   params={"url": "noload.mar", "synchronous": "false"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: "scaling noload to 1 workers failed" in srv.log())
+    r = predict(srv, {"x": 1}, name="noload", timeout=30)
+    assert r.status_code == 503, r.text
+    assert "has no worker to serve" in r.json()["message"]

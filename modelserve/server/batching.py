@@ -48,12 +48,18 @@ class Batcher:
     def wake(self) -> None:
         self._wake.set()
 
-    def submit(self, job: Job) -> None:
+    def _no_worker(self) -> ServiceUnavailableError | None:
+        """The error for a model scaled to zero workers (none will come without a scale call)."""
         if self.pool.target == 0 and not self.pool.workers:
-            raise ServiceUnavailableError(
+            return ServiceUnavailableError(
                 f'Model "{self.name}" has no worker to serve inference request. '
                 "Please use scale workers API to add workers."
             )
+        return None
+
+    def submit(self, job: Job) -> None:
+        if (error := self._no_worker()) is not None:
+            raise error
         if len(self.pending) >= self.queue_size:
             raise QueueFullError(
                 f'Model "{self.name}" has {self.queue_size} requests queued (job_queue_size); '
@@ -107,10 +113,14 @@ class Batcher:
                         break
                     await self._wait(remaining)
                 worker = pool.pick()
-                while worker is None:
+                while worker is None and (error := self._no_worker()) is None:
                     await self._wait(QUEUE_SWEEP_S)
                     self._expire_queued()
                     worker = pool.pick()
+                if worker is None:  # scaled to zero while these waited: answer them now
+                    while self.pending:
+                        self.pending.popleft().fail(error)
+                    continue
                 batch = self._take()
                 if batch:
                     worker.send(batch)
