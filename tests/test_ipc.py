@@ -102,3 +102,16 @@ async def test_a_request_the_frame_cannot_carry_fails_alone_and_the_batch_goes_o
     assert len(Writer.frames) == 1 and len(worker.inflight) == 1
     for timer in worker._timers.values():
         timer.cancel()
+
+
+def test_handler_metrics_with_non_string_dimensions_can_be_framed():
+    """A handler's ``Dimension(1, 2)`` used to make the result frame undecodable (msgpack
+    refuses int map keys), which killed the worker on every request."""
+    from modelserve.worker.metrics import Dimension, MetricsCache
+
+    cache = MetricsCache("m")
+    cache.add_metric("m", 1, dimensions=[Dimension(1, 2)])  # type: ignore[arg-type]
+    frame = ipc.encode({"op": "result", "id": 1, "out": [], "ms": 0.0,
+                        "metrics": cache.drain()})
+    [event] = ipc.decode(frame[ipc.HEADER.size:])["metrics"]
+    assert event[3]["1"] == "2"

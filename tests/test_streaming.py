@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from modelserve.server.streaming import sse_event
-from tests.conftest import COUNTED_CHUNKS, Server, handler_archive
+from tests.conftest import COUNTED_CHUNKS, Server, handler_archive, wait_for
 
 GEN_HANDLER = textwrap.dedent('''
     """A generator per request; body: n, delay, tag, fail_at, count_file, plain, sleep, boom."""
@@ -498,3 +498,14 @@ def test_dataplane_infer_stream(stream_server, tmp_path):
     assert all(r.status == 200 and r.content_type == "application/json" for r in whole)
     assert len(chunks) == 2
     assert state.endswith("closed") and int(state.split()[0]) < 100, state
+
+
+def test_kserve_v1_predict_on_a_streaming_model_is_400_and_stops_it(stream_server, tmp_path):
+    """It was a 500 (the route read a body the stream does not have), and the generator
+    kept producing for nobody."""
+    count_file = tmp_path / "count"
+    r = httpx.post(f"{stream_server.inference}/v1/models/gen:predict", timeout=30,
+                   json={"n": 200, "delay": 0.05, "count_file": str(count_file)})
+    assert r.status_code == 400, r.text
+    assert "streams its answers" in r.json()["error"]
+    wait_for(lambda: "closed" in read_count(count_file), timeout=10)

@@ -74,7 +74,9 @@ class MetricsCache:
 
     def emit(self, metric_type: MetricTypes, name: str, unit: str, labels: dict[str, str],
              value: float) -> None:
-        self._events.append((metric_type.value, name, unit, labels, float(value)))
+        # names and values as strings: the frame to the frontend takes no other map keys
+        labels = {str(k): str(v) for k, v in labels.items()}
+        self._events.append((metric_type.value, str(name), str(unit), labels, float(value)))
 
     def drain(self) -> list[Event]:
         events, self._events = self._events, []

@@ -23,6 +23,7 @@ from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.inference_api import read_body
 from modelserve.server.request_ids import RequestIds
 from modelserve.server.responses import JSONResponse
+from modelserve.server.streaming import Stream
 from modelserve.server.v2.core import V2Core
 from modelserve.server.v2.rest_codec import (
     HEADER_LENGTH,
@@ -169,8 +170,16 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
             return JSONResponse({"predictions": to_numpy(datatype, shape, raw).tolist()})
         result = await core.dp.infer_version(mv, None, body, "application/json",
                                              dict(request.headers), request_id)
+        if isinstance(result, Stream):
+            result.close()  # the worker stops it
+            raise ModelServeError("this model streams its answers; KServe v1 predict does "
+                                  "not: use /predictions", status=400)
         if result.status >= 400:
             raise ModelServeError.from_body(result.status, result.body)
-        value: Any = orjson.loads(result.body) if result.content_type.startswith(
-            "application/json") else result.body.decode(errors="replace")
+        value: Any = result.body.decode(errors="replace")
+        if result.content_type.startswith("application/json"):
+            try:
+                value = orjson.loads(result.body)
+            except orjson.JSONDecodeError:
+                pass  # the handler said JSON and sent something else: pass it on as text
         return JSONResponse({"predictions": value if isinstance(value, list) else [value]})
