@@ -115,3 +115,4 @@ def test_handler_metrics_with_non_string_dimensions_can_be_framed():
                         "metrics": cache.drain()})
     [event] = ipc.decode(frame[ipc.HEADER.size:])["metrics"]
     assert event[3]["1"] == "2"
+

@@ -8,6 +8,7 @@ counter, so those cumulative sums are exposed by a small collector under their e
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from collections import defaultdict
@@ -69,6 +70,7 @@ class _TorchServeCounters(Collector):
             yield metric
 
 
+log = logging.getLogger("modelserve.metrics")
 _NAME_OK = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
 
 
@@ -80,10 +82,21 @@ class _CustomMetrics(Collector):
         # (type, name) -> (unit, {sorted label items: value state})
         self.families: dict[tuple[str, str], dict[tuple[tuple[str, str], ...], Any]] = {}
         self.units: dict[tuple[str, str], str] = {}
+        self.types: dict[str, str] = {}  # one type per name: a scrape with two is refused
+        self.reserved: set[str] = set()  # the server's own metric names
+        self._refused: set[tuple[str, str]] = set()
 
     def record(self, events: list[Any]) -> None:
         for metric_type, name, unit, labels, value in events:
             if not _NAME_OK.match(name) or metric_type not in ("counter", "gauge", "histogram"):
+                continue
+            if name in self.reserved or self.types.setdefault(name, metric_type) != metric_type:
+                if (name, metric_type) not in self._refused:
+                    self._refused.add((name, metric_type))
+                    why = ("is one of the server's metrics" if name in self.reserved
+                           else f"is already a {self.types[name]}")
+                    log.warning("handler metric %s (%s) dropped: the name %s", name,
+                                metric_type, why)
                 continue
             key = (metric_type, name)
             series = self.families.setdefault(key, {})
@@ -244,6 +257,7 @@ class ServerMetrics:
         )
         self.processes = _ProcessCollector()
         self.registry.register(self.processes)
+        self.custom.reserved = {metric.name for metric in self.registry.collect()}
 
     def observe_status(self, status: int) -> None:
         klass = f"{status // 100}XX"
