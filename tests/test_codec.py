@@ -95,7 +95,8 @@ def test_unserialisable_result_is_an_error_response():
     (200.5, None, "status 200.5"),
     (101, None, "status 101"),
     (200, ("bad key", "v"), "header name 'bad key' is not an HTTP token"),
-    (200, ("x-a", "v\r\nx-evil: 1"), "line breaks"),
+    (200, ("x-a", "v\r\nx-evil: 1"), "control characters"),
+    (200, ("x-a", "nul\x00"), "control characters"),
     (200, ("x-a", "café€"), "outside Latin-1"),
 ])
 def test_a_status_or_header_http_cannot_carry_is_an_error_response(status, header, message):

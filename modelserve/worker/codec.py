@@ -96,6 +96,7 @@ def error_response(exc: BaseException) -> list[Any]:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what uvicorn refuses in a header value
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})  # the server's
 _NO_BODY = frozenset({204, 205, 304})
 
@@ -112,9 +113,9 @@ def _response_head(ctx: Context, idx: int) -> tuple[int, dict[str, str]]:
             continue
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"response header name {name!r} is not an HTTP token")
-        if "\r" in value or "\n" in value or not value.isascii() and not _latin1(value):
-            raise ValueError(f"response header {name} value {value[:100]!r} has line breaks "
-                             "or characters outside Latin-1")
+        if _CONTROL.search(value) or not value.isascii() and not _latin1(value):
+            raise ValueError(f"response header {name} value {value[:100]!r} has control "
+                             "characters or characters outside Latin-1")
         headers[name] = value
     return status, headers
 
