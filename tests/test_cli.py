@@ -51,7 +51,7 @@ def test_archive_command_reports_errors(tmp_path):
 @pytest.mark.parametrize(("name", "version", "message"), [
     ("../evil", "1.0", "invalid model name '../evil'"),  # wrote ../evil.mar beside the export
     ("", "1.0", "invalid model name ''"),
-    ("m", "1/2", "invalid version '1/2'"),
+    ("m", "1/2", "invalid model version '1/2'"),
 ])
 def test_archive_command_refuses_names_that_are_not_one_path_segment(tmp_path, name, version,
                                                                       message):

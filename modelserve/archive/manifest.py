@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,20 @@ MANIFEST_PATH = "MAR-INF/MANIFEST.json"
 # A model's name and version become URL path segments and file names.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$"
 MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-.+]*$"  # and not "all" (every version)
+
+
+def check_model_name(name: str) -> None:
+    """ValueError unless ``name`` can name a model (one path segment, one file name)."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, name):
+        raise ValueError(f"invalid model name {name[:200]!r}: letters, digits, '_', '-' and "
+                         "'.', starting with a letter or digit")
+
+
+def check_model_version(version: str) -> None:
+    """ValueError unless ``version`` can name a model version ("all" means every one)."""
+    if not re.fullmatch(MODEL_VERSION_PATTERN, version) or version == "all":
+        raise ValueError(f"invalid model version {version[:200]!r}: letters, digits, '_', "
+                         "'-', '.' and '+', starting with a letter or digit, not 'all'")
 
 
 class ModelSection(BaseModel):

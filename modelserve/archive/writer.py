@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -14,9 +13,9 @@ from pathlib import Path
 
 from modelserve.archive.manifest import (
     MANIFEST_PATH,
-    MODEL_NAME_PATTERN,
-    MODEL_VERSION_PATTERN,
     Manifest,
+    check_model_name,
+    check_model_version,
 )
 
 FORMATS = ("default", "tgz", "no-archive", "zip-store")
@@ -106,12 +105,8 @@ def create_archive(
     ``aot_compile``: the serialized file is a torch.export .pt2, archived as an AOTInductor
     package compiled on (and for) this machine instead; modelserve's addition to the flags.
     """
-    if not re.fullmatch(MODEL_NAME_PATTERN, model_name):  # it names the file written
-        raise ValueError(f"invalid model name {model_name!r}: letters, digits, '_', '-' and "
-                         "'.', starting with a letter or digit")
-    if not re.fullmatch(MODEL_VERSION_PATTERN, version) or version == "all":
-        raise ValueError(f"invalid version {version!r}: letters, digits, '_', '-', '.' and "
-                         "'+', not 'all'")
+    check_model_name(model_name)  # it names the file written
+    check_model_version(version)
     if aot_compile and serialized_file is None:
         raise ValueError("--aot-compile needs a --serialized-file torch.export .pt2")
     if archive_format not in FORMATS:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ import orjson
 
 from modelserve.archive import Archive, ArchiveError, open_archive
 from modelserve.archive.fetch import resolve_archive
-from modelserve.archive.manifest import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN
+from modelserve.archive.manifest import check_model_name, check_model_version
 from modelserve.archive.reader import Limits, check_member
 from modelserve.archive.requirements import RequirementsError, install_requirements
 from modelserve.config import ModelConfig, Settings
@@ -196,14 +195,11 @@ class DataPlane:
             raise BadRequestError(f"invalid model archive {req.url}: {exc}") from None
         name = req.model_name or archive.name
         version = archive.version
-        # both become URL path segments and file names: an archive must not name itself
-        # "a/b" (registered, then never found again) or "../x"
-        if not re.fullmatch(MODEL_NAME_PATTERN, name):
-            raise BadRequestError(f"invalid model name {name[:200]!r} in {req.url}: letters, "
-                                  "digits, '_', '-' and '.', starting with a letter or digit")
-        if not re.fullmatch(MODEL_VERSION_PATTERN, version) or version == "all":
-            raise BadRequestError(f"invalid model version {version[:200]!r} in {req.url}: "
-                                  "letters, digits, '_', '-', '.' and '+', not 'all'")
+        try:  # an archive must not name itself "a/b" (then never found again) or "../x"
+            check_model_name(name)
+            check_model_version(version)
+        except ValueError as exc:
+            raise BadRequestError(f"{exc} (in {req.url})") from None
         try:
             config = ModelConfig.resolve(
                 s, archive.model_yaml_config, {

@@ -9,7 +9,6 @@ only checked for self-consistency.
 
 from __future__ import annotations
 
-import re
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelserve import __version__
-from modelserve.archive.manifest import MODEL_NAME_PATTERN
+from modelserve.archive.manifest import check_model_name
 from modelserve.datatypes import TensorError
 from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.dataplane import ARCHIVE_SUFFIXES, DataPlane, store_models
@@ -236,9 +235,10 @@ class V2Core:
         already registered stays as it is."""
         if name in self.dp.registry.names():
             return
-        if not re.fullmatch(MODEL_NAME_PATTERN, name):  # before it names a file
-            raise BadRequestError(f"invalid model name {name[:200]!r}: letters, digits, "
-                                  "'_', '-' and '.', starting with a letter or digit")
+        try:
+            check_model_name(name)  # before it names a file
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from None
         store = self.dp.settings.model_store
         for suffix in (*ARCHIVE_SUFFIXES, ""):
             if (store / f"{name}{suffix}").exists():
