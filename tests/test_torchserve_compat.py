@@ -253,6 +253,9 @@ def test_describe_customized_and_explanations(ts_server):
         assert json.loads(desc["customizedMetadata"]) == {"classes": 10, "kind": "digits"}
         r = httpx.post(f"{ts_server.inference}/explanations/tsx", json=DIGIT_ZERO)
         assert r.status_code == 200 and r.json() == {"explained": True}
+        # KServe v1's explain verb reaches the same explain_handle (it was a 405)
+        r = httpx.post(f"{ts_server.inference}/v1/models/tsx:explain", json=DIGIT_ZERO)
+        assert r.status_code == 200 and r.json() == {"explanations": [{"explained": True}]}
     finally:
         httpx.delete(f"{ts_server.management}/models/tsx", timeout=60)
 
@@ -261,6 +264,9 @@ def test_explanations_without_explain_handle_is_a_clear_error(server):
     r = httpx.post(f"{server.inference}/explanations/digits", json=DIGIT_ZERO)
     assert r.status_code == 501
     assert "does not support explanations" in r.json()["message"]
+    r = httpx.post(f"{server.inference}/v1/models/digits:explain", json=DIGIT_ZERO)
+    assert r.status_code == 501
+    assert "does not support explanations" in r.json()["error"]
 
 
 def test_register_from_an_allowed_http_url(ts_server, ts_store):

@@ -20,7 +20,8 @@ from starlette.responses import Response
 
 from modelserve.datatypes import TensorError, to_numpy
 from modelserve.errors import BadRequestError, ModelServeError
-from modelserve.server.inference_api import read_body
+from modelserve.server.inference_api import EXPLAIN, read_body
+from modelserve.server.registry import ModelVersion
 from modelserve.server.request_ids import RequestIds
 from modelserve.server.responses import JSONResponse
 from modelserve.server.streaming import Stream
@@ -168,12 +169,28 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
             _, outputs = await core.infer(name, None, req, dict(request.headers), request_id)
             _, datatype, shape, raw = outputs[0]
             return JSONResponse({"predictions": to_numpy(datatype, shape, raw).tolist()})
-        result = await core.dp.infer_version(mv, None, body, "application/json",
-                                             dict(request.headers), request_id)
+        value = await handler_answer(mv, body, dict(request.headers), request_id)
+        return JSONResponse({"predictions": value})
+
+    @route(["/v1/models/{model_name}:explain"], ["POST"])
+    async def v1_explain(request: Request) -> Response:
+        """The body to the handler's ``explain_handle`` (as ``/explanations``; 501 when it
+        has none) -> ``{"explanations": [...]}``."""
+        mv = core.model(request.path_params["model_name"], None)
+        body = await read_body(request, max_request)
+        value = await handler_answer(mv, body, {**request.headers, **EXPLAIN},
+                                     request_ids.new())
+        return JSONResponse({"explanations": value})
+
+    async def handler_answer(mv: ModelVersion, body: bytes, headers: dict[str, str],
+                             request_id: str) -> list[Any]:
+        """The handler's answer to a JSON body, as a list (KServe v1's shape)."""
+        result = await core.dp.infer_version(mv, None, body, "application/json", headers,
+                                             request_id)
         if isinstance(result, Stream):
             result.close()  # the worker stops it
-            raise ModelServeError("this model streams its answers; KServe v1 predict does "
-                                  "not: use /predictions", status=400)
+            raise ModelServeError("this model streams its answers; KServe v1 does not: use "
+                                  "/predictions", status=400)
         if result.status >= 400:
             raise ModelServeError.from_body(result.status, result.body)
         value: Any = result.body.decode(errors="replace")
@@ -182,4 +199,4 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
                 value = orjson.loads(result.body)
             except orjson.JSONDecodeError:
                 pass  # the handler said JSON and sent something else: pass it on as text
-        return JSONResponse({"predictions": value if isinstance(value, list) else [value]})
+        return value if isinstance(value, list) else [value]
