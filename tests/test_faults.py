@@ -328,3 +328,19 @@ def test_failed_asynchronous_registration_answers_503_at_once(make_server):
     r = predict(srv, {"x": 1}, name="noload", timeout=30)
     assert r.status_code == 503, r.text
     assert "has no worker to serve" in r.json()["message"]
+
+
+def test_unregistering_a_model_while_its_worker_loads_is_quiet(make_server):
+    """The worker finds its socket closed when it reports ready: it exits without the
+    BrokenPipeError traceback it used to print into the server's log."""
+    srv = make_server()
+    r = httpx.post(f"{srv.management}/models", timeout=60,
+                   params={"url": "slowload.mar", "synchronous": "false"})
+    assert r.status_code == 202, r.text
+    [worker] = wait_for(lambda: [w for w in describe(srv, "slowload")["workers"]
+                                 if w.get("pid")])
+    r = httpx.delete(f"{srv.management}/models/slowload", timeout=60)
+    assert r.status_code == 200, r.text
+    wait_for(lambda: not pid_alive(worker["pid"]))  # it got to its ready message and left
+    assert "Traceback" not in srv.log() and "BrokenPipeError" not in srv.log()
+    assert predict(srv, {"x": 1}).status_code == 200  # the server serves on

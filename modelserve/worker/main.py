@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())
         message = "".join(traceback.format_exception_only(exc)).strip()
-        sock.sendall(ipc.encode({"op": "load_failed", "error": message}))
+        try:
+            sock.sendall(ipc.encode({"op": "load_failed", "error": message}))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # nobody is waiting for it
         return 1
     load_ms = (time.perf_counter() - started) * 1000
     device = f"cuda:{gpu}" if gpu is not None else "cpu"
@@ -196,8 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         signature = None
     ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms,
              "signature": signature}
-    sock.sendall(ipc.encode(ready))
+    try:
+        sock.sendall(ipc.encode(ready))
+        return _serve(sock, inbox, worker, streamer, context)
+    except (BrokenPipeError, ConnectionResetError):
+        # the frontend closed our socket (the model was unregistered while it loaded, or
+        # the server stopped): nothing is waiting for an answer
+        log.info("the frontend closed the connection; exiting")
+        return 0
 
+
+def _serve(sock: socket.socket, inbox: deque[dict[str, Any] | None], worker: Worker,
+           streamer: streaming.Streamer, context: Context) -> int:
+    """Answer batches until the frontend says stop or closes the socket."""
     while True:
         msg = inbox.popleft() if inbox else ipc.recv_frame(sock)
         if msg is None or msg["op"] == "stop":
