@@ -94,12 +94,8 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
         if access is not None:
             access["batch_size"] = result.batch_size
         if result.__class__ is not Result:  # the handler streams its answer
-            try:
-                return StreamingAnswer(result, request_id,  # type: ignore[return-value]
-                                       wants_sse(headers.get("accept")), max_response)
-            except BaseException:
-                result.close()  # the worker stops producing chunks nobody will read
-                raise
+            return StreamingAnswer(result, request_id,  # type: ignore[return-value]
+                                   wants_sse(headers.get("accept")), max_response)
         if len(result.body) > max_response:
             raise ModelServeError(
                 f"response of {len(result.body)} bytes exceeds max_response_size "

@@ -78,6 +78,10 @@ class WorkerSpec:
         ]
 
 
+def _infer_frame(batch_id: int, jobs: list[Job]) -> bytes:
+    return ipc.encode({"op": "infer", "id": batch_id, "reqs": [job.wire() for job in jobs]})
+
+
 def _encodable(job: Job) -> bool:
     """Whether the job fits in a frame; if not, it is failed with a 400."""
     try:
@@ -216,16 +220,14 @@ class WorkerProcess:
     def send(self, jobs: list[Job]) -> None:
         batch_id = next(self._ids)
         try:
-            frame = ipc.encode({"op": "infer", "id": batch_id,
-                                "reqs": [job.wire() for job in jobs]})
+            frame = _infer_frame(batch_id, jobs)
         except ipc.ENCODE_ERRORS:
             # a request the input checks let through but the frame cannot carry: it alone
             # gets a 400, the rest of the batch goes on
             jobs = [job for job in jobs if _encodable(job)]
             if not jobs:
                 return
-            frame = ipc.encode({"op": "infer", "id": batch_id,
-                                "reqs": [job.wire() for job in jobs]})
+            frame = _infer_frame(batch_id, jobs)
         now = time.perf_counter()
         for job in jobs:
             job.dispatched = now
