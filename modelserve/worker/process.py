@@ -21,30 +21,31 @@ def preset_thread_env(threads: int) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def die_with_parent() -> None:
-    """Linux: the kernel kills this process if its parent dies, even by SIGKILL, so a worker
-    busy in a long batch (not reading its socket) is never left an orphan."""
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def _prctl(option: int, arg: int | bytes) -> bool:
+    """Linux ``prctl(2)``; False where there is none (other systems)."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
+        ctypes.CDLL(None).prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        return False
+    return True
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this process if its parent dies, even by SIGKILL, so a worker
+    busy in a long batch (not reading its socket) is never left an orphan."""
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) and os.getppid() == 1:
+        os._exit(1)  # the parent died before prctl took effect
 
 
 def set_process_name(name: str) -> None:
     """Linux: the name ``top`` and ``ps -o comm`` show (15 bytes); a forked worker's command
     line is still the zygote's, so this is how operators tell them apart."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, name.encode()[:15] + b"\0", 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
+    _prctl(PR_SET_NAME, name.encode()[:15] + b"\0")
