@@ -161,9 +161,13 @@ class BaseHandler:
     def _run_pipeline(self, data: list[dict[str, Any]]) -> list[Any]:
         start = time.perf_counter()
         output = self.postprocess(self.inference(self.preprocess(data)))
+        self._record_handler_time(start)
+        return output
+
+    def _record_handler_time(self, start: float) -> None:
+        """TorchServe's ``HandlerTime`` metric (ms) for work begun at ``start``."""
         self.context.metrics.add_time("HandlerTime",
                                       round((time.perf_counter() - start) * 1000, 2))
-        return output
 
     # -- TorchServe's describe / explain paths (chosen by request headers) --------------------
     def _route_by_headers(self, data: list[dict[str, Any]],
@@ -177,8 +181,7 @@ class BaseHandler:
             return predict(data)
         start = time.perf_counter()
         output = self.explain_handle(self._explain_input(data), data)
-        self.context.metrics.add_time("HandlerTime",
-                                      round((time.perf_counter() - start) * 1000, 2))
+        self._record_handler_time(start)
         return output
 
     def _explain_input(self, data: list[dict[str, Any]]) -> Any:

@@ -161,12 +161,10 @@ def handle_per_request(
     """
     handler.context = context
     return handler._route_by_headers(
-        data, lambda rows: _per_request(handler, rows, context, batch))
+        data, lambda rows: _per_request(handler, rows, batch))
 
 
-def _per_request(
-    handler: BaseHandler, data: list[dict[str, Any]], context: Any, batch: bool
-) -> list[Any]:
+def _per_request(handler: BaseHandler, data: list[dict[str, Any]], batch: bool) -> list[Any]:
     start = time.perf_counter()
     results: list[Any] = [None] * len(data)
     groups: dict[Any, list[tuple[int, Any]]] = {}
@@ -198,7 +196,7 @@ def _per_request(
             )
         for (idx, _), answer in zip(members, answers):
             results[idx] = answer
-    context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2))
+    handler._record_handler_time(start)
     return results
 
 
