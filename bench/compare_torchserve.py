@@ -41,7 +41,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_bench  # noqa: E402
-from serve_bench import HOST, bodies, descendants, free_port, pss_mb, run_load  # noqa: E402
+from serve_bench import (  # noqa: E402
+    HOST,
+    bodies,
+    descendants,
+    free_port,
+    pss_mb,
+    run_load,
+    scale,
+)
 
 from modelserve.archive import create_archive  # noqa: E402
 
@@ -99,13 +107,6 @@ def ready_or_stop(proc: subprocess.Popen, url: str) -> None:
     except BaseException:
         stop(proc)
         raise
-
-
-def scale(port: int, name: str, workers: int) -> None:
-    """Both servers take TorchServe's scale call; synchronous waits for the workers."""
-    url = (f"http://{HOST}:{port}/models/{name}?min_worker={workers}&max_worker={workers}"
-           "&synchronous=true")
-    urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=300).read()
 
 
 def start_torchserve(ts_python: Path, store: Path, archives: list[str], work: Path,

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,6 +125,13 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
+def scale(port: int, name: str, workers: int) -> None:
+    """TorchServe's scale call (modelserve takes it too); synchronous waits for the workers."""
+    url = (f"http://{HOST}:{port}/models/{name}?min_worker={workers}&max_worker={workers}"
+           "&synchronous=true")
+    urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=300).read()
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``: the worker zygote and the workers it forked too."""
     children: dict[int, list[int]] = {}
@@ -166,15 +174,9 @@ class ServerUnderTest:
         else:
             raise RuntimeError("server did not start")
         if workers != 1:
-            import urllib.request
-
-            url = (f"http://{HOST}:{self.ports[1]}/models/{model}?min_worker={workers}"
-                   f"&max_worker={workers}&synchronous=true")
-            urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=300).read()
+            scale(self.ports[1], model, workers)
 
     def batch_mean(self, model: str) -> tuple[float, float]:
-        import urllib.request
-
         text = urllib.request.urlopen(f"http://{HOST}:{self.ports[2]}/metrics").read().decode()
         values = dict(re.findall(
             rf'modelserve_batch_size_(sum|count){{model_name="{model}",model_version="[^"]+"}} '
