@@ -50,6 +50,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ppid(pid: int) -> int:
+    """``pid``'s parent (from /proc; OSError once it is gone)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def child_pids(pid: int) -> set[int]:
     """Direct children of ``pid`` (from /proc)."""
     children = set()
@@ -57,11 +62,10 @@ def child_pids(pid: int) -> set[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            parent = ppid(int(entry.name))
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
+        if parent == pid:
             children.add(int(entry.name))
     return children
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, child_pids, pid_alive, wait_for
+from tests.conftest import Server, child_pids, pid_alive, ppid, wait_for
 
 DIGIT = {"data": [0.0] * 64}
 
@@ -37,10 +37,6 @@ def shared_dirty_mb(pid: int) -> float:
         if line.startswith("Shared_Dirty:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no Shared_Dirty line")
-
-
-def ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def predict_ok(srv: Server) -> bool:
