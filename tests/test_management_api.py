@@ -7,13 +7,13 @@ import os
 import re
 import signal
 import time
-import zipfile
 
 import httpx
 import pytest
 
 from modelserve.cli import DIGIT_ZERO
 from tests.conftest import copy_archive, pid_alive, wait_for
+from tests.test_archive_attacks import HANDLER, manifest, zip_archive
 
 
 def describe(server, name: str) -> dict:
@@ -165,15 +165,12 @@ def test_corrupt_archive_is_400(server, tmp_path):
 
 def raw_archive(path, name: str, version: str = "1.0", config: bytes | None = None) -> None:
     """A .mar written by hand: any manifest name and version, any model-config.yaml bytes."""
-    model = {"modelName": name, "modelVersion": version, "handler": "h.py"}
+    extra = {} if config is None else {"configFile": "model-config.yaml"}
+    members = [("MAR-INF/MANIFEST.json", manifest(modelName=name, modelVersion=version, **extra)),
+               ("h.py", HANDLER)]
     if config is not None:
-        model["configFile"] = "model-config.yaml"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("MAR-INF/MANIFEST.json", json.dumps(
-            {"createdOn": "01/01/2026 00:00:00", "runtime": "python", "model": model}))
-        zf.writestr("h.py", "def handle(data, context):\n    return data\n")
-        if config is not None:
-            zf.writestr("model-config.yaml", config)
+        members.append(("model-config.yaml", config))
+    zip_archive(path, members)
 
 
 @pytest.mark.parametrize(("name", "version", "config", "pattern"), [
@@ -330,7 +327,6 @@ def test_process_metrics_are_exported(server):
 
 
 def test_access_log_is_json_lines(isolated_server):
-    import json
 
     isolated_server.extra_config = {"access_log": True}
     isolated_server.start()
