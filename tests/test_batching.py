@@ -9,6 +9,7 @@ import pytest
 
 from modelserve.errors import ServiceUnavailableError
 from modelserve.server.batching import Batcher
+from modelserve.server.disconnect import ClientGoneError
 from modelserve.server.jobs import Job, Result
 
 
@@ -150,6 +151,25 @@ async def test_cancelled_requests_are_skipped():
         j.future.cancel()  # the clients went away
     await asyncio.gather(*(j.future for j in jobs[3:]))
     assert pool.workers[0].batches == [1, 3]
+
+
+async def test_requests_of_disconnected_clients_are_answered_499_and_skipped():
+    batcher, pool = make(batch_size=8, compute_s=0.2)
+    batcher.submit(job(-1))
+    await asyncio.sleep(0.01)
+    pool.workers[0].depth = 1  # hold the rest in the queue
+    left = {"0": False, "1": False, "2": False, "3": False}
+    jobs = [job(i) for i in range(4)]
+    for j in jobs:
+        j.gone = lambda rid=j.request_id: left[rid]
+        batcher.submit(j)
+    left["1"] = left["2"] = True  # their clients disconnect while they wait
+    assert [r.body for r in await asyncio.gather(jobs[0].future, jobs[3].future)] == [b"0", b"3"]
+    for j in jobs[1:3]:
+        with pytest.raises(ClientGoneError) as caught:
+            await j.future
+        assert caught.value.status == 499
+    assert pool.workers[0].batches == [1, 2]
 
 
 async def test_close_fails_queued_requests():

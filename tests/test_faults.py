@@ -4,6 +4,7 @@ workers, overload, oversized bodies, loading and draining, SIGTERM under load.""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -38,6 +39,8 @@ FAULT_HANDLER = textwrap.dedent('''
                         os._exit(body["die"])
                     if "sleep" in body:
                         time.sleep(body["sleep"])
+                    if "mark" in body:  # leaves proof that the handler ran this request
+                        open(body["mark"], "w").close()
                 out.append({"echo": body, "pid": os.getpid()})
             return out
 ''')
@@ -169,6 +172,30 @@ def test_full_queue_is_503_at_once_with_retry_after(make_server):
     assert elapsed < 1.0, "a full queue must refuse at once, not after waiting"
     assert all(r.headers["retry-after"] == "1" for r in quick)
     assert "job_queue_size" in quick[0].json()["message"]
+
+
+def test_queued_request_of_a_client_that_left_is_not_run(make_server, tmp_path):
+    """A client that disconnects while its request waits in the queue costs no model time:
+    the batcher drops the request when it reaches it, and serves the ones behind it."""
+    srv = make_server()  # one worker, batch size 1, two batches in its pipeline
+    mark = tmp_path / "ran"
+    body = json.dumps({"mark": str(mark)}).encode()
+    url = httpx.URL(srv.inference)
+    with ThreadPoolExecutor(3) as pool:
+        busy = [pool.submit(predict, srv, {"sleep": 1.0}) for _ in range(2)]
+        time.sleep(0.3)  # both on the worker: the next request waits in the queue
+        with socket.create_connection((url.host, url.port)) as client:
+            client.sendall(b"POST /predictions/fault HTTP/1.1\r\nHost: t\r\n"
+                           b"Content-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.2)
+        after = pool.submit(predict, srv, {"after": True})
+        assert [f.result().status_code for f in busy] == [200, 200]
+        assert after.result().json()["echo"] == {"after": True}
+    assert not mark.exists(), "the model ran the request of a client that had left"
+    # the same request from a client that waits is run
+    assert predict(srv, {"mark": str(mark)}).status_code == 200
+    assert mark.exists()
 
 
 def test_body_over_max_request_size_is_refused_before_it_is_read(make_server):

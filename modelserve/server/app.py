@@ -21,6 +21,7 @@ from modelserve.config import Settings
 from modelserve.server.access_log import AccessLog
 from modelserve.server.auth import KeyStore, TokenAuth
 from modelserve.server.dataplane import DataPlane
+from modelserve.server.disconnect import DisconnectProbe
 from modelserve.server.inference_api import create_inference_app
 from modelserve.server.limits import BodyLimit
 from modelserve.server.management_api import create_management_app
@@ -72,7 +73,7 @@ async def run_server(settings: Settings,
         log.warning("token authorization is disabled: anyone who can reach the ports can "
                     "call every API")
     apps: list[tuple[Any, int]] = [
-        (StatusCounter(inference, metrics), settings.inference_port),
+        (DisconnectProbe(StatusCounter(inference, metrics)), settings.inference_port),
         (management, settings.management_port),
         (create_metrics_app(metrics), settings.metrics_port),
     ]

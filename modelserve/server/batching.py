@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 from modelserve.errors import QueueFullError, ServiceUnavailableError
+from modelserve.server.disconnect import ClientGoneError
 from modelserve.server.jobs import Job
 from modelserve.server.pool import WorkerPool
 
@@ -95,8 +96,12 @@ class Batcher:
         batch: list[Job] = []
         while self.pending and len(batch) < self.batch_size:
             job = self.pending.popleft()
-            if not job.future.done():  # skip requests whose client gave up
-                batch.append(job)
+            if job.future.done():  # cancelled (a gRPC client gave up) or already failed
+                continue
+            if job.gone is not None and job.gone():  # the HTTP client disconnected
+                job.fail(ClientGoneError("the client disconnected before its request was run"))
+                continue
+            batch.append(job)
         return batch
 
     async def _run(self) -> None:

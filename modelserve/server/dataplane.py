@@ -30,6 +30,7 @@ from modelserve.errors import (
     ServiceUnavailableError,
 )
 from modelserve.server.batching import Batcher
+from modelserve.server.disconnect import CLIENT_GONE
 from modelserve.server.jobs import Job, Result
 from modelserve.server.metrics import ServerMetrics
 from modelserve.server.pool import WorkerPool, cpu_count
@@ -90,7 +91,8 @@ class DataPlane:
                             timing: list[float] | None = None) -> Result | Stream:
         """``timing``, if given, receives (total, queued) seconds."""
         loop = asyncio.get_running_loop()
-        job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2)
+        job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2,
+                  gone=CLIENT_GONE.get())
         mv.batcher.submit(job)
         streamed = False
         try:

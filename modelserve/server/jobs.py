@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -31,6 +32,7 @@ class Job:
     dispatched: float = 0.0
     v2: dict[str, Any] | None = None  # an OIP v2 request's tensors (InferRequest.wire())
     retried: bool = False  # set when its worker died and it was sent to another one
+    gone: Callable[[], bool] | None = None  # true once the HTTP client disconnected
 
     def wire(self) -> list[object]:
         """The job as the worker reads it (see modelserve.ipc)."""
