@@ -137,6 +137,10 @@ def from_numpy(array: np.ndarray) -> tuple[str, list[int], bytes]:
     return datatype, list(array.shape), np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
+# the JSON value kinds numpy finds that an integer or BOOL tensor takes as they are
+_EXACT_KINDS = {"i": "iu", "u": "iu", "b": "b"}
+
+
 def from_json_data(datatype: str, shape: Sequence[int], data: Any) -> bytes:
     """Raw bytes of a JSON ``data`` field (flat or nested, row-major)."""
     import numpy as np
@@ -155,6 +159,11 @@ def from_json_data(datatype: str, shape: Sequence[int], data: Any) -> bytes:
         return serialize_bytes(items)
     dtype = numpy_dtype(datatype)
     try:
+        if dtype.kind in _EXACT_KINDS:  # 1.7 is not an INT32, nor 0.5 a BOOL: no truncation
+            found = np.asarray(data)
+            if found.size and found.dtype.kind not in _EXACT_KINDS[dtype.kind]:
+                raise TensorError(f"{datatype} data must be "
+                                  f"{'true/false' if dtype.kind == 'b' else 'integers'}")
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise TensorError(f"{datatype} data is not a (nested) list of numbers: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import re
 import struct
 import zlib
@@ -162,6 +163,20 @@ def test_handler_exception_is_500_and_worker_keeps_serving(server):
     assert "kaboom" in r.json()["message"]
     r = predict(server, "echo", json={"hello": 1})
     assert r.status_code == 200 and r.json()["echo"] == {"hello": 1}
+
+
+def test_nan_and_infinity_reach_the_handler_and_come_back_as_torchserve_writes_them(server):
+    """Python's json (TorchServe's worker, most clients) writes NaN for a missing value."""
+    body = json.dumps({"x": [float("nan"), float("inf"), -float("inf"), 1.0]})
+    r = predict(server, "echo", content=body.encode(), headers=JSON)
+    assert r.status_code == 200, r.text
+    assert b'"x":[NaN,Infinity,-Infinity,1.0]' in r.content
+    x = json.loads(r.content)["echo"]["x"]
+    assert math.isnan(x[0]) and x[1:] == [math.inf, -math.inf, 1.0]
+    # the digits model gets NaN pixels as they are: a 200, the answer written back as JSON
+    r = predict(server, "digits", content=b"[" + b",".join([b"NaN"] * 64) + b"]", headers=JSON)
+    assert r.status_code == 200, r.text
+    json.loads(r.content)
 
 
 async def _burst(server, model: str, bodies: list) -> list[httpx.Response]:

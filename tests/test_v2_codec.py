@@ -50,6 +50,10 @@ def test_bytes_wire_format():
     ("FP32", [-1], [], r"invalid shape"),
     ("BF16", [1], [1.0], r"unsupported datatype"),
     ("BYTES", [2], ["a", 1], r"must be strings"),
+    ("INT32", [2], [1.7, 2], r"INT32 data must be integers"),  # not truncated to 1
+    ("UINT8", [1], [float("nan")], r"UINT8 data must be integers"),
+    ("BOOL", [2], [0.5, True], r"BOOL data must be true/false"),
+    ("BOOL", [1], [2], r"BOOL data must be true/false"),
 ])
 def test_bad_json_data(datatype, shape, data, message):
     with pytest.raises(TensorError, match=message):
@@ -84,6 +88,24 @@ def test_output_encoding_binary_and_json():
     bad = [["z", "BYTES", [1], b"\x01\x00\x00\x00\xff"]]
     with pytest.raises(TensorError, match="not UTF-8"):
         encode_response("m", "1", InferRequest([]), bad)
+
+
+def test_non_finite_floats_cross_json_as_python_and_triton_write_them():
+    """NaN / Infinity / -Infinity tokens are read (a missing feature is often sent as NaN)
+    and written back as tokens, not as null (orjson's default)."""
+    body = (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[4],'
+            b'"data":[NaN,Infinity,-Infinity,0.5]}]}')
+    (x,) = parse_request(body, None).inputs
+    got = np.frombuffer(x.raw, "<f4")
+    assert np.isnan(got[0]) and got[1:].tolist() == [float("inf"), float("-inf"), 0.5]
+    out = [["y", "FP32", [4], x.raw], ["n", "INT32", [1], np.int32(3).tobytes()]]
+    text, size = encode_response("m", "1", InferRequest([]), out)
+    assert size is None and b"[NaN,Infinity,-Infinity,0.5]" in text
+    doc = json.loads(text)  # Python's json (tritonclient, requests) reads it back
+    assert np.isnan(doc["outputs"][0]["data"][0]) and doc["outputs"][1]["data"] == [3]
+    # finite outputs keep orjson's float32 formatting
+    finite = [["y", "FP32", [1], np.float32(0.1).tobytes()]]
+    assert b'"data":[0.1]' in encode_response("m", "1", InferRequest([]), finite)[0]
 
 
 def test_signature_validation():

@@ -38,6 +38,7 @@ import orjson
 import torch
 from PIL import Image
 
+from modelserve import jsonc
 from modelserve.datatypes import datatype_of
 from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.errors import BadInputError
@@ -97,7 +98,7 @@ def _from_bytes(
         return _decode_image(body, shape, image)
     if body[:64].lstrip()[:1] in (b"[", b"{"):
         try:
-            return orjson.loads(body)
+            return jsonc.loads(body)
         except orjson.JSONDecodeError as exc:
             raise BadInputError(f"request body is not valid JSON: {exc}") from None
     if shape is not None and len(body) == math.prod(shape) * dtype.itemsize:

@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from modelserve import jsonc
 from modelserve.archive import Archive, ArchiveError, open_archive
 from modelserve.archive.fetch import resolve_archive
 from modelserve.archive.manifest import check_model_name, check_model_version
@@ -365,7 +364,7 @@ class DataPlane:
             raise ModelServeError("the handler streamed its describe_handle answer")
         if result.status >= 400:
             raise ModelServeError.from_body(result.status, result.body)
-        return orjson.loads(result.body) if result.content_type == "application/json" \
+        return jsonc.loads(result.body) if result.content_type == "application/json" \
             else result.body.decode(errors="replace")
 
     def list_models(self, limit: int, token: int) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 In: each request becomes one dict, ``{"body": value}`` (or one key per multipart/urlencoded
 form field), where value is parsed JSON for ``application/json``, ``str`` for ``text/*`` and
-raw bytes otherwise. Out: bytes pass through, str is UTF-8, anything else is JSON (orjson).
+raw bytes otherwise. Out: bytes pass through, str is UTF-8, anything else is JSON (orjson;
+NaN and ±Infinity as Python's json reads and writes them: modelserve.jsonc).
 An exception in place of a result becomes that request's error response.
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from modelserve import jsonc
 from modelserve.handlers.errors import BadInputError
 from modelserve.worker.context import Context
 
@@ -35,7 +37,7 @@ def _looks_like_json(body: bytes) -> bool:
 
 def _parse_json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return jsonc.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadInputError(f"request body is not valid JSON: {exc}") from None
 
@@ -144,7 +146,7 @@ def encode_response(result: Any, idx: int, ctx: Context) -> list[Any]:
     if isinstance(result, str):
         return [status, content_type or "text/plain; charset=utf-8", result.encode(), headers]
     try:
-        body = orjson.dumps(result, default=_default, option=_JSON_OPTIONS)
+        body = jsonc.dumps(result, default=_default, option=_JSON_OPTIONS)
     except TypeError as exc:
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             raise StreamFound from None

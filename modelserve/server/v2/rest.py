@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelserve import jsonc
 from modelserve.datatypes import TensorError, to_numpy
 from modelserve.errors import BadRequestError, ModelServeError
 from modelserve.server.inference_api import EXPLAIN, read_body
@@ -161,7 +162,7 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         request_id = request_ids.new()
         if sig.known and len(sig.inputs) == 1:
             try:
-                doc = orjson.loads(body)
+                doc = jsonc.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequestError(f"request body is not valid JSON: {exc}") from None
             spec = sig.inputs[0]
@@ -196,7 +197,7 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         value: Any = result.body.decode(errors="replace")
         if result.content_type.startswith("application/json"):
             try:
-                value = orjson.loads(result.body)
+                value = jsonc.loads(result.body)
             except orjson.JSONDecodeError:
                 pass  # the handler said JSON and sent something else: pass it on as text
         return value if isinstance(value, list) else [value]

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from modelserve import jsonc
 from modelserve.datatypes import TensorError, numpy_dtype, to_numpy
 from modelserve.datatypes import from_json_data as raw_from_json
 from modelserve.server.v2.types import InferRequest, RequestedOutput, Tensor
@@ -55,7 +56,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     else:
         json_size = len(body)
     try:
-        doc = orjson.loads(view[:json_size])
+        doc = jsonc.loads(view[:json_size])
     except orjson.JSONDecodeError as exc:
         raise TensorError(f"request body is not valid JSON: {exc}") from None
     doc = _object(doc, "the request")
@@ -111,6 +112,11 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
                         params)
 
 
+def _tolist(array: Any) -> Any:
+    """numpy arrays for the standard library's encoder (orjson takes them as they are)."""
+    return array.tolist()
+
+
 def _json_data(name: str, datatype: str, shape: list[int], raw: bytes) -> Any:
     array = to_numpy(datatype, shape, raw).ravel()
     if datatype != "BYTES":
@@ -145,7 +151,7 @@ def encode_response(model: str, version: str, req: InferRequest,
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
     if req.id is not None:
         doc["id"] = req.id
-    header = orjson.dumps(doc, option=_NUMPY)
+    header = jsonc.dumps(doc, default=_tolist, option=_NUMPY)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
