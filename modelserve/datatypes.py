@@ -137,8 +137,7 @@ def from_numpy(array: np.ndarray) -> tuple[str, list[int], bytes]:
     return datatype, list(array.shape), np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
-# the JSON value kinds numpy finds that an integer or BOOL tensor takes as they are
-_EXACT_KINDS = {"i": "iu", "u": "iu", "b": "b"}
+_EXACT_KINDS = "iub"  # integer and BOOL tensors: JSON floats are not silently truncated
 
 
 def from_json_data(datatype: str, shape: Sequence[int], data: Any) -> bytes:
@@ -159,14 +158,17 @@ def from_json_data(datatype: str, shape: Sequence[int], data: Any) -> bytes:
         return serialize_bytes(items)
     dtype = numpy_dtype(datatype)
     try:
-        if dtype.kind in _EXACT_KINDS:  # 1.7 is not an INT32, nor 0.5 a BOOL: no truncation
-            found = np.asarray(data)
-            if found.size and found.dtype.kind not in _EXACT_KINDS[dtype.kind]:
-                raise TensorError(f"{datatype} data must be "
-                                  f"{'true/false' if dtype.kind == 'b' else 'integers'}")
+        # 1.7 is not an INT32, nor 0.5 a BOOL: look at what JSON held before converting
+        found = np.asarray(data) if dtype.kind in _EXACT_KINDS else None
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise TensorError(f"{datatype} data is not a (nested) list of numbers: {exc}") from None
+    if found is not None and found.size:
+        if dtype.kind == "b" and found.dtype.kind != "b":
+            raise TensorError(f"{datatype} data must be true/false")
+        # numbers past int64 come back as floats: those must equal what was converted
+        if found.dtype.kind == "f" and not np.array_equal(found, array):
+            raise TensorError(f"{datatype} data must be integers")
     if array.size != count:
         raise TensorError(
             f"{array.size} {datatype} values for shape {list(shape)} ({count} expected)"

@@ -51,7 +51,8 @@ def test_bytes_wire_format():
     ("BF16", [1], [1.0], r"unsupported datatype"),
     ("BYTES", [2], ["a", 1], r"must be strings"),
     ("INT32", [2], [1.7, 2], r"INT32 data must be integers"),  # not truncated to 1
-    ("UINT8", [1], [float("nan")], r"UINT8 data must be integers"),
+    ("UINT8", [1], [float("nan")], r"UINT8 data"),
+    ("INT64", [1], [2.0**70], r"INT64 data"),
     ("BOOL", [2], [0.5, True], r"BOOL data must be true/false"),
     ("BOOL", [1], [2], r"BOOL data must be true/false"),
 ])

@@ -206,7 +206,7 @@ def _tensor(shape, datatype="FP32", data=None, name="input"):
     ("nope", {"inputs": [_tensor([1, 1, 8, 8])]}, 404, r"Model not found: nope"),
     ("identity", {"inputs": [_tensor([2], "BYTES", [1, 2])]}, 400, r"must be strings"),
     ("identity", {"inputs": [_tensor([2], "INT8", [1, 900])]}, 400, r"INT8 data"),
-    ("identity", {"inputs": [_tensor([1], "INT32")], "outputs": [{"name": "zzz"}]}, 400,
+    ("identity", {"inputs": [_tensor([1], "INT32", [1])], "outputs": [{"name": "zzz"}]}, 400,
      r"unknown output"),
     # a bool is an int to Python, not a dimension (it reached the worker's reshape: a 500)
     ("digits", {"inputs": [_tensor([True, 1, 8, 8], data=[0.5] * 64)]}, 400,
