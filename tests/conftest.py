@@ -89,6 +89,24 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
     raise AssertionError("condition not met in time")
 
 
+def named_processes(title: str, root: int) -> list[int]:
+    """Live descendants of ``root`` whose name (``/proc/PID/comm``, 15 characters at most)
+    is ``title``: a zygote-forked worker is named ``ms:<model>``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or (entry / "comm").read_text().strip() != title[:15]:
+                continue
+            pid = parent = int(entry.name)
+            while parent > 1 and parent != root:
+                parent = ppid(parent)
+        except OSError:
+            continue
+        if parent == root and pid_alive(pid):
+            found.append(pid)
+    return found
+
+
 def pid_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -196,8 +214,9 @@ def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def handler_archive(src: Path, store: Path, name: str, handler_text: str | None,
-                    config: dict, handler_file: Path | None = None) -> None:
-    """``<store>/<name>.mar`` (version 1.0): a handler (``handler_text`` written to
+                    config: dict, handler_file: Path | None = None,
+                    version: str = "1.0") -> None:
+    """``<store>/<name>.mar`` (``version``): a handler (``handler_text`` written to
     ``<name>_handler.py``, or ``handler_file``) and a CPU model-config.yaml with ``config``."""
     folder = src / name
     folder.mkdir()
@@ -206,7 +225,7 @@ def handler_archive(src: Path, store: Path, name: str, handler_text: str | None,
         handler_file.write_text(handler_text or "")
     config_file = folder / "model-config.yaml"
     config_file.write_text(yaml.safe_dump({"deviceType": "cpu", **config}))
-    create_archive(model_name=name, version="1.0", handler=str(handler_file),
+    create_archive(model_name=name, version=version, handler=str(handler_file),
                    config_file=config_file, export_path=store, force=True)
 
 

@@ -36,11 +36,13 @@ class Batcher:
         self.pending: deque[Job] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed: ServiceUnavailableError | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher:{self.name}")
 
-    async def close(self, error: BaseException) -> None:
+    async def close(self, error: ServiceUnavailableError) -> None:
+        self._closed = error  # later submissions get it too: no task would take them
         if self._task is not None:
             self._task.cancel()
         while self.pending:
@@ -59,7 +61,7 @@ class Batcher:
         return None
 
     def submit(self, job: Job) -> None:
-        if (error := self._no_worker()) is not None:
+        if (error := self._closed or self._no_worker()) is not None:
             raise error
         if len(self.pending) >= self.queue_size:
             raise QueueFullError(

@@ -241,6 +241,9 @@ class DataPlane:
             raise ModelServeError(
                 f"Failed to start workers for model {name} version: {version}: {cause}"
             ) from None
+        if not self.registry.holds(mv):
+            raise ConflictError(f'Model "{name}" version {version} was unregistered while its '
+                                "workers started")
         return 200, f'Model "{name}" Version: {version} registered with {workers} initial workers'
 
     async def _requirements(self, archive: Archive) -> tuple[str, ...]:
@@ -302,19 +305,21 @@ class DataPlane:
 
     async def scale(self, name: str, version: str | None, min_worker: int,
                     max_worker: int | None, synchronous: bool) -> tuple[int, str]:
-        mv = self.registry.get(name, version)
+        self.registry.get(name, version)
         if min_worker < 0:
             raise BadRequestError("min_worker cannot be negative.")
         if max_worker is not None and max_worker < min_worker:
             raise BadRequestError("max_worker cannot be less than min_worker.")
         self._check_worker_count(max(min_worker, max_worker or 0), "min_worker / max_worker")
-        mv.config.min_workers = min_worker
-        mv.config.max_workers = max(max_worker or min_worker, min_worker)
-        self.save_state()
-        if not synchronous:
-            self._in_background(self._scale_or_log(mv, min_worker))
-            return 202, "Processing worker updates..."
         async with self._locks[name]:
+            # looked up again: an unregister may have run while this call waited for the lock
+            mv = self.registry.get(name, version)
+            mv.config.min_workers = min_worker
+            mv.config.max_workers = max(max_worker or min_worker, min_worker)
+            self.save_state()
+            if not synchronous:
+                self._in_background(self._scale_or_log(mv, min_worker))
+                return 202, "Processing worker updates..."
             try:
                 await mv.pool.scale(min_worker)
             except ModelServeError as exc:
@@ -332,13 +337,14 @@ class DataPlane:
         return f'Model "{name}" unregistered'
 
     async def _discard(self, mv: ModelVersion, grace: float = 30.0) -> None:
-        try:
-            self.registry.remove(mv.name, mv.version)
-        except ModelServeError:
-            pass  # already removed
+        """Stop a version (unregistered, or its workers failed to start) and drop it from the
+        registry if it is still there: by identity, so a newer registration of the same name
+        and version made meanwhile stays, and keeps its metric series."""
+        self.registry.discard(mv)
         await mv.batcher.close(ServiceUnavailableError(f'Model "{mv.name}" was unregistered'))
         await mv.pool.close(grace)
-        self.metrics.forget(mv.name, mv.version)
+        if not self.registry.has(mv.name, mv.version):
+            self.metrics.forget(mv.name, mv.version)
 
     def set_default(self, name: str, version: str) -> str:
         self.registry.set_default(name, version)

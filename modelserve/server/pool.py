@@ -11,7 +11,7 @@ from typing import Any
 
 from modelserve.errors import ModelServeError
 from modelserve.server.jobs import Job
-from modelserve.server.workers import WorkerProcess, WorkerSpec
+from modelserve.server.workers import WorkerProcess, WorkerSpec, WorkerStoppedWhileStarting
 from modelserve.server.zygote import Zygote
 
 log = logging.getLogger("modelserve.pool")
@@ -84,7 +84,10 @@ class WorkerPool:
 
     # -- scaling -----------------------------------------------------------------------------
     async def scale(self, count: int) -> None:
-        """Start or stop workers until ``count`` are live; waits for new ones to load."""
+        """Start or stop workers until ``count`` are live; waits for new ones to load.
+        Nothing to do once the pool is closed (its version was unregistered)."""
+        if self._closed:
+            return
         self.target = count
         live = [w for w in self.workers if w.status in ("STARTING", "READY")]
         if len(live) < count:
@@ -102,6 +105,8 @@ class WorkerPool:
         await asyncio.gather(*(self._stop_one(w, grace) for w in list(self.workers)))
 
     async def _start_one(self) -> None:
+        if self._closed:
+            return
         worker = WorkerProcess(self.spec, self._next_index, self._threads(), self._on_change,
                                self._exited, self.zygote)
         self._next_index += 1
@@ -110,6 +115,9 @@ class WorkerPool:
         self.workers.append(worker)
         try:
             await worker.start()
+        except WorkerStoppedWhileStarting:  # scaled down or closed meanwhile: as asked
+            if worker in self.workers:
+                self.workers.remove(worker)
         except BaseException:
             if worker in self.workers:
                 self.workers.remove(worker)

@@ -131,3 +131,25 @@ class ModelRegistry:
             del self._models[name]
             del self._defaults[name]
         return mv
+
+    def discard(self, mv: ModelVersion) -> bool:
+        """Take out this very version object (not a newer registration of the same name and
+        version), the default one too: a version whose workers failed to start must go.
+        Another version, the earliest registered, becomes the default. False if absent."""
+        if not self.holds(mv):
+            return False
+        versions = self._models[mv.name]
+        del versions[mv.version]
+        if not versions:
+            del self._models[mv.name]
+            del self._defaults[mv.name]
+        elif self._defaults[mv.name] == mv.version:
+            self._defaults[mv.name] = next(iter(versions))
+        return True
+
+    def holds(self, mv: ModelVersion) -> bool:
+        """Whether this very version object is registered."""
+        return self._models.get(mv.name, {}).get(mv.version) is mv
+
+    def has(self, name: str, version: str) -> bool:
+        return version in self._models.get(name, {})

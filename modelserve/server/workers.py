@@ -11,6 +11,7 @@ with its exit cause and last stderr lines, and the pool starts a replacement wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -97,6 +98,11 @@ class WorkerLoadError(ModelServeError):
     type = "WorkerLoadException"
 
 
+class WorkerStoppedWhileStarting(WorkerLoadError):
+    """The worker was stopped (scaled down, unregistered) before it was ready: not a failure
+    of the model; its process, if one was started, has been killed."""
+
+
 async def spawn_process(argv: list[str], fd: int,
                         env: dict[str, str]) -> asyncio.subprocess.Process:
     """Start one worker interpreter (the one OS call tests may replace)."""
@@ -144,6 +150,7 @@ class WorkerProcess:
         self.on_orphans: Callable[[list[Job], ModelServeError], None] = _fail_all
         self.death_cause = ""
         self._kill_reason = ""
+        self._launched = asyncio.Event()  # start() has its process (or failed to make one)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,7 +159,11 @@ class WorkerProcess:
             self._proc = await self._launch(child.fileno())
         finally:
             child.close()
+            self._launched.set()
         self.pid = self._proc.pid
+        if self.status != "STARTING":  # stop() ran while the process was being made
+            parent.close()
+            await self._abandon()
         self._tasks.append(asyncio.create_task(self._pump_output()))
         reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         try:
@@ -163,6 +174,8 @@ class WorkerProcess:
                 f"worker for {self.spec.model_name} did not load within "
                 f"{self.spec.startup_timeout:.0f}s"
             ) from None
+        if self.status != "STARTING":  # stop() ran while the model loaded
+            await self._abandon()
         if hello is None or hello.get("op") != "ready":
             await self._wait_exit(5.0)
             cause = hello.get("error") if hello else await self._death_cause()
@@ -188,7 +201,11 @@ class WorkerProcess:
         """Finish in-flight batches (up to ``grace`` seconds), then end the process."""
         if self.status in ("UNLOADING", "STOPPED", "DEAD"):
             return
+        launching = self.status == "STARTING" and self._proc is None
         self.status = "UNLOADING"
+        if launching:  # start() sees UNLOADING once its process exists, and kills it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._launched.wait(), self.spec.startup_timeout)
         deadline = time.monotonic() + grace
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -197,6 +214,12 @@ class WorkerProcess:
             self._writer.close()
         if not await self._wait_exit(5.0):
             await self.kill()
+
+    async def _abandon(self) -> None:
+        await self.kill()
+        self.status = "STOPPED"
+        raise WorkerStoppedWhileStarting(
+            f"a {self.spec.model_name} worker was stopped before it was ready")
 
     async def kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -311,9 +334,11 @@ class WorkerProcess:
                     self._complete(msg)
                 elif op == "chunk":
                     self._chunk(msg)
+        except ConnectionError:
+            pass  # the process died (killed, crashed): its exit status tells why
         except Exception as exc:  # a broken frame or message: the worker cannot be trusted
             log.error("worker %s: broken connection: %s: %s", self.id, type(exc).__name__, exc)
-            self._kill_reason = f"protocol error ({exc}); "
+            self._kill_reason += f"protocol error ({exc}); "
             if self._proc is not None and self._proc.returncode is None:
                 self._proc.kill()
         await self._died()
