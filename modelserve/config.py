@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -35,9 +36,12 @@ class Settings(BaseSettings):
     )
 
     host: str = Field("127.0.0.1", description="Address the three HTTP listeners bind to.")
-    inference_port: int = Field(8080, description="Inference API port (/ping, /predictions).")
-    management_port: int = Field(8081, description="Management API port (/models).")
-    metrics_port: int = Field(8082, description="Prometheus metrics port (/metrics).")
+    inference_port: int = Field(8080, ge=1, le=65535,
+                                description="Inference API port (/ping, /predictions).")
+    management_port: int = Field(8081, ge=1, le=65535,
+                                 description="Management API port (/models).")
+    metrics_port: int = Field(8082, ge=1, le=65535,
+                              description="Prometheus metrics port (/metrics).")
     grpc_inference_port: int = Field(
         8085, ge=0, le=65535,
         description="OIP v2 gRPC (GRPCInferenceService) port; 0 turns gRPC off.")
@@ -113,7 +117,9 @@ class Settings(BaseSettings):
         "them at start."
     )
     state_dir: Path | None = Field(None, description="Default <workdir>/state.")
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: Annotated[Literal["debug", "info", "warning", "error"],
+                         BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = Field(
+        "info", description="debug, info, warning or error.")
     access_log: bool = Field(
         False, description="Log every HTTP request as a JSON line (costs some throughput)."
     )
@@ -147,6 +153,15 @@ def load_settings(config_file: Path | None = None, ts_values: dict[str, Any] | N
     TorchServe config.properties > the YAML file > defaults."""
     if config_file is not None and not Path(config_file).is_file():
         raise FileNotFoundError(f"config file not found: {config_file}")
+    if config_file is not None:  # one line that says what is wrong, not a parser traceback
+        try:
+            doc = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"config file {config_file} is not valid YAML: "
+                             f"{' '.join(str(exc).split())}") from None
+        if doc is not None and not isinstance(doc, dict):
+            raise ValueError(f"config file {config_file} must be a mapping of keys to values, "
+                             f"not a {type(doc).__name__}")
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import zipfile
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from modelserve.cli import app
+from tests.conftest import free_port
 
 runner = CliRunner()
 
@@ -85,3 +88,36 @@ def test_frontend_does_not_import_torch():
         "assert 'numpy' not in sys.modules, 'numpy'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("config_text", "args", "message"), [
+    ("log_level: verbose\n", [], "log_level"),
+    ("host: [unclosed\n", [], "is not valid YAML"),
+    ("x: !!python/name:os.system\n", [], "is not valid YAML"),
+    ("- a\n- b\n", [], "must be a mapping of keys to values, not a list"),
+    ("", ["--inference-port", "70000"], "inference_port"),
+    ("", ["--log-level", "loud"], "log_level"),
+])
+def test_start_refuses_bad_configuration_in_one_line(tmp_path, config_text, args, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    result = runner.invoke(app, ["start", "--config", str(config), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_start_reports_a_port_in_use_in_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+            "inference_port": port, "management_port": free_port(),
+            "metrics_port": free_port(), "grpc_inference_port": 0,
+            "workdir": str(tmp_path / "work"), "model_store": str(tmp_path)}))
+        out = subprocess.run([sys.executable, "-m", "modelserve", "start", "--config",
+                              str(tmp_path / "config.yaml"), "--disable-token-auth"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "a listener failed to start (port in use?)" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -12,6 +12,7 @@ ARCHIVER_VERSION = "0.12.0"
 MANIFEST_PATH = "MAR-INF/MANIFEST.json"
 # A model's name and version become URL path segments and file names.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$"
+MAX_NAME_LENGTH = 200  # a file name (255 bytes at most) is the name plus an archive suffix
 MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-.+]*$"  # and not "all" (every version)
 
 
@@ -20,6 +21,9 @@ def check_model_name(name: str) -> None:
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ValueError(f"invalid model name {name[:200]!r}: letters, digits, '_', '-' and "
                          "'.', starting with a letter or digit")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"model name {name[:40]!r}... is longer than {MAX_NAME_LENGTH} "
+                         "characters")
 
 
 def check_model_version(version: str) -> None:

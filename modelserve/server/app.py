@@ -52,6 +52,15 @@ def _listener(app: Any, settings: Settings, port: int) -> _Listener:
     return _Listener(config)
 
 
+async def _serve(listener: _Listener) -> None:
+    """uvicorn exits the process (``sys.exit(3)``) when it cannot bind: here that ends only
+    this task, and ``run_server`` reports it in one line."""
+    try:
+        await listener.serve()
+    except SystemExit:
+        pass
+
+
 async def run_server(settings: Settings,
                      on_ready: Callable[[Settings, list[str]], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; returns the process exit code."""
@@ -86,7 +95,7 @@ async def run_server(settings: Settings,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    tasks = [asyncio.create_task(s.serve()) for s in listeners]
+    tasks = [asyncio.create_task(_serve(s)) for s in listeners]
     grpc_server = None
     deadline = loop.time()  # when in-flight work must be done, set at the stop signal
     try:
