@@ -94,7 +94,6 @@ def start(
 ) -> None:
     """Start the server in the foreground; Ctrl-C stops it and every worker."""
     from modelserve.config import load_settings
-    from modelserve.server.app import run
     from modelserve.ts_config import read_ts_config
 
     try:
@@ -116,6 +115,8 @@ def start(
     for warning in ts.warnings if ts else []:
         level = logging.INFO if ": ignored, " in warning else logging.WARNING
         logging.getLogger("modelserve.ts_config").log(level, "%s: %s", ts_config, warning)
+    from modelserve.server.app import run  # the server's imports, once the settings hold
+
     raise typer.Exit(run(settings, on_ready=_print_banner))
 
 
