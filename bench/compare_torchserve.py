@@ -3,7 +3,10 @@
 Both servers get the same workers per model (``--workers``, default 1; with more, both get
 ``OMP_NUM_THREADS`` = cores / workers), batch size 8, ``max_batch_delay`` 5 ms, JSON bodies,
 and the same TorchServe-style handler (``ts_tensor_handler.py``; modelserve runs it through its
-``ts.*`` aliases). modelserve is also measured with its built-in ``tensor_handler`` archives.
+``ts.*`` aliases), which modelserve runs one batch at a time as TorchServe does; a second
+modelserve row serves it with ``batchThreads`` = cores / workers in its model-config.yaml
+(batch lanes; README), where that is more than one. modelserve is also measured with its
+built-in ``tensor_handler`` archives (batch lanes ``auto``).
 TorchServe runs with a WARN-level log4j2 config and ``disable_system_metrics=true``.
 
 Setup (not part of ``make test``; TorchServe needs Java 17):
@@ -70,20 +73,25 @@ def tree_pss_mb(pid: int) -> float:
     return pss_mb([pid, *descendants(pid)])
 
 
-def ts_archive(store: Path, src_store: Path, model: str, work: Path) -> str:
-    """The example's TorchScript model with the TorchServe-style handler."""
+def ts_archive(store: Path, src_store: Path, model: str, work: Path,
+               batch_threads: int | None = None) -> str:
+    """The example's TorchScript model with the TorchServe-style handler; with
+    ``batch_threads``, model-config.yaml also says ``batchThreads`` (modelserve's key: the
+    handler may run that many batches at once in one worker)."""
     with zipfile.ZipFile(src_store / f"{model}.mar") as zf:
         zf.extract(f"{model}.pt", work)
-    config = work / f"{model}-ts-config.yaml"
+    name = f"{model}_ts" if batch_threads is None else f"{model}_ts_bt{batch_threads}"
+    config = work / f"{name}-config.yaml"
     config.write_text(yaml.safe_dump({
         "minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5,
         "responseTimeout": 120,
         "handler": {"input_shape": SHAPES[model], "top_k": TOP_K[model]},
+        **({} if batch_threads is None else {"batchThreads": batch_threads}),
     }))
-    create_archive(model_name=f"{model}_ts", version="1.0",
+    create_archive(model_name=name, version="1.0",
                    handler=str(HERE / "ts_tensor_handler.py"), serialized_file=work / f"{model}.pt",
                    config_file=config, export_path=store, force=True)
-    return f"{model}_ts.mar"
+    return f"{name}.mar"
 
 
 def wait_ready(url: str, timeout: float = 180) -> None:
@@ -204,9 +212,12 @@ def main() -> None:
         store = work / "store"
         store.mkdir()
         src = args.model_store.resolve()
-        threads = {} if args.workers == 1 else {
-            "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // args.workers))}
+        per_worker = max(1, len(os.sched_getaffinity(0)) // args.workers)
+        threads = {} if args.workers == 1 else {"OMP_NUM_THREADS": str(per_worker)}
         ts_archives = {model: ts_archive(store, src, model, work) for model in args.models}
+        # the same handler, declared safe to run one batch per torch thread at once
+        lane_archives = {model: ts_archive(store, src, model, work, per_worker)
+                         for model in args.models} if per_worker > 1 else {}
         for model, round_ in itertools.product(args.models, range(args.rounds)):
             archive = ts_archives[model]
             for name, starter, run_store, run_archive in (
@@ -220,6 +231,9 @@ def main() -> None:
                  store, archive),
                 ("modelserve (same ts handler)", lambda a, s: start_modelserve(s, [a], work),
                  store, archive),
+                *([(f"modelserve (ts handler, {per_worker} lanes)",
+                    lambda a, s: start_modelserve(s, [a], work), store, lane_archives[model])]
+                  if model in lane_archives else []),
                 ("modelserve (tensor_handler)", lambda a, s: start_modelserve(s, [a], work),
                  src, f"{model}.mar"),
             ):

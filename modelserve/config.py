@@ -26,6 +26,8 @@ from pydantic_settings import (
 BatchSize = Annotated[int, Field(ge=1, le=2**31 - 1)]
 DelayMs = Annotated[float, Field(ge=0, le=86_400_000, allow_inf_nan=False)]  # at most a day
 TimeoutS = Annotated[float, Field(gt=0, le=604_800, allow_inf_nan=False)]  # at most a week
+# Batches one worker runs at once (modelserve.worker.lanes); "auto": the handler decides.
+BatchThreads = Annotated[int, Field(ge=1, le=64)] | Literal["auto"]
 
 
 class Settings(BaseSettings):
@@ -61,7 +63,14 @@ class Settings(BaseSettings):
     job_queue_size: int = Field(
         1000, ge=1, description="Queued requests per model version before 503."
     )
-    pipeline_depth: int = Field(2, ge=1, description="Batches in flight per worker.")
+    pipeline_depth: int = Field(
+        2, ge=1, description="Batches in flight per worker batch lane, counting the one it "
+        "runs: batch_threads + pipeline_depth - 1 per worker.")
+    batch_threads: BatchThreads = Field(
+        "auto", description="Batches one worker runs at once, each on its own thread with its "
+        "own copy of the handler (threads_per_worker shared among them). auto: one per torch "
+        "thread (at most 4) on CPU when the handler class declares thread_safe = True (the "
+        "built-in handlers do), else 1, TorchServe's one batch at a time.")
     max_request_size: int = Field(6553500, ge=1, description="Largest request body, bytes.")
     max_response_size: int = Field(6553500, ge=1, description="Largest response body, bytes.")
     allowed_urls: list[str] = Field(
@@ -188,6 +197,7 @@ class ModelConfig(BaseModel):
     startup_timeout: TimeoutS = Field(120.0, alias="startupTimeout")  # seconds
     job_queue_size: int = Field(1000, ge=1, alias="jobQueueSize")
     device_type: Literal["cpu", "gpu"] | None = Field(None, alias="deviceType")
+    batch_threads: BatchThreads = Field("auto", alias="batchThreads")
 
     @field_validator("device_type", mode="before")
     @classmethod
@@ -209,6 +219,7 @@ class ModelConfig(BaseModel):
             "response_timeout": settings.response_timeout,
             "startup_timeout": settings.startup_timeout,
             "job_queue_size": settings.job_queue_size,
+            "batch_threads": settings.batch_threads,
         }
         values.update(cls.model_validate(configured or {}).model_dump(exclude_unset=True))
         from_yaml = cls.model_validate(yaml_config).model_dump(exclude_unset=True)

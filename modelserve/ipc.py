@@ -9,8 +9,11 @@ frontend -> worker
     ``{"op": "stop"}``
     ``{"op": "cancel", "id": int, "idx": int}``  (a streamed request's client went away)
 worker -> frontend
-    ``{"op": "ready", "pid": int, "device": str, "load_ms": float, "signature": dict|None}``
-    (``signature``: the model's OIP v2 metadata, platform, inputs and outputs, when known)
+    ``{"op": "ready", "pid": int, "device": str, "load_ms": float, "signature": dict|None,
+    "batch_threads": int}``
+    (``signature``: the model's OIP v2 metadata, platform, inputs and outputs, when known;
+    ``batch_threads``: how many batches it runs at once, modelserve.worker.lanes)
+    ``{"op": "lanes", "n": int}``  (it now runs ``n`` batches at once)
     ``{"op": "load_failed", "error": str}``
     ``{"op": "result", "id": int, "out": [[status, content_type, body, headers], ...],
     "ms": float, "metrics": [[type, name, unit, labels, value], ...]}``

@@ -61,6 +61,11 @@ def compile_options(model_yaml_config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class BaseHandler:
+    # Batches may run through copies of this handler at once, one per thread (batch lanes,
+    # modelserve.worker.lanes). Only a class that says so in its own body counts, not its
+    # subclasses; an instance takes it back by setting it False.
+    thread_safe = True
+
     def __init__(self) -> None:
         self.model: Any = None
         self.mapping: dict[str, str] | None = None
@@ -90,6 +95,7 @@ class BaseHandler:
         options = compile_options(context.model_yaml_config or {})
         if options is not None:
             self.model = self._compile(options, int(props.get("batch_size") or 1))
+            self.thread_safe = False  # compiled code (CUDA graphs most of all): one at a time
         self.initialized = True
 
     # -- torch.compile (model-config.yaml ``pt2``) --------------------------------------------

@@ -16,6 +16,7 @@ from modelserve.handlers.vision import (
 
 class ImageClassifier(VisionHandler):
     """Top-k classification; subclasses may replace ``image_processing`` or ``topk``."""
+    thread_safe = True  # batch lanes may run copies at once (worker.lanes)
 
     topk = 5
 

@@ -17,6 +17,7 @@ from modelserve.handlers.vision import VisionHandler
 
 class ImageSegmenter(VisionHandler):
     """Per-pixel top class and probability for each image."""
+    thread_safe = True  # batch lanes may run copies at once (worker.lanes)
 
     def postprocess(self, data: Any) -> list[Any]:
         scores = data["out"] if isinstance(data, dict) else data

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from modelserve import model_clock
 from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.runtimes import is_onnx
 from modelserve.handlers.vision import (
@@ -26,6 +27,7 @@ from modelserve.handlers.vision import (
 
 class ObjectDetector(BaseHandler):
     """Boxes above ``threshold`` with their label names, per image."""
+    thread_safe = True  # batch lanes may run copies at once (worker.lanes)
 
     threshold = 0.5
     image_processing = staticmethod(to_tensor)
@@ -45,7 +47,7 @@ class ObjectDetector(BaseHandler):
         ]
 
     def inference(self, data: list[torch.Tensor], *args: Any, **kwargs: Any) -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), model_clock.timing():
             out = self.model(data)
         # torchvision detectors under TorchScript return (losses, detections)
         if isinstance(out, tuple):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelserve import model_clock
 from modelserve.handlers.util import list_classes_from_module
 from modelserve.pyfile import import_file
 
@@ -283,8 +284,11 @@ def run_model(model: Any, batch: torch.Tensor) -> torch.Tensor:
     """One forward pass; the caller holds ``torch.inference_mode``."""
     if is_onnx(model):
         feed = {model.get_inputs()[0].name: np.ascontiguousarray(batch.cpu().numpy())}
-        return torch.from_numpy(model.run(None, feed)[0])
-    return model(batch)
+        with model_clock.timing():
+            out = model.run(None, feed)[0]
+        return torch.from_numpy(out)
+    with model_clock.timing():
+        return model(batch)
 
 
 # -- OIP v2: named tensors in and out ----------------------------------------------------------
@@ -328,12 +332,14 @@ def run_named(model: Any, feeds: dict[str, np.ndarray], order: list[str],
     """One forward pass on named inputs (positional for torch, in ``order``); named numpy
     outputs. The caller holds ``torch.inference_mode``."""
     if is_onnx(model):
-        values = model.run(None, feeds)
+        with model_clock.timing():
+            values = model.run(None, feeds)
         return dict(zip([o.name for o in model.get_outputs()], values))
     # frombuffer views of the request bytes are read-only: torch wants writable memory
     args = [torch.from_numpy(np.require(feeds[n], requirements=["C", "W"])).to(device)
             for n in order]
-    out = model(*args)
+    with model_clock.timing():
+        out = model(*args)
     if isinstance(out, Mapping):
         return {str(k): v.detach().cpu().numpy() for k, v in out.items()}
     outs = list(out) if isinstance(out, (tuple, list)) else [out]

@@ -130,6 +130,8 @@ def _decode_image(body: bytes, shape: list[int] | None, image: dict) -> np.ndarr
 
 
 class TensorHandler(BaseHandler):
+    thread_safe = True  # batch lanes may run copies at once (worker.lanes)
+
     def initialize(self, context: Any) -> None:
         super().initialize(context)
         options = (context.model_yaml_config or {}).get("handler", {}) or {}

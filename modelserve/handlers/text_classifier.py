@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from modelserve import model_clock
 from modelserve.handlers.base_handler import BaseHandler
 from modelserve.handlers.errors import BadInputError
 from modelserve.handlers.runtimes import is_onnx
@@ -117,6 +118,7 @@ def _as_text(value: Any) -> str:
 
 class TextClassifier(BaseHandler):
     """Class probabilities for one text per request."""
+    thread_safe = True  # batch lanes may run copies at once (worker.lanes)
 
     ngrams = 2
 
@@ -146,7 +148,7 @@ class TextClassifier(BaseHandler):
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         text, _ = data
         offsets = torch.zeros(1, dtype=torch.long, device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), model_clock.timing():
             return self.model(text, offsets)
 
     def postprocess(self, data: torch.Tensor) -> list[dict[str, float]]:

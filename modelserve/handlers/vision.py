@@ -203,6 +203,7 @@ def _per_request(handler: BaseHandler, data: list[dict[str, Any]], batch: bool) 
 class VisionHandler(BaseHandler):
     """TorchServe's ``VisionHandler``: image requests, preprocessed one by one so that a bad
     image fails only its own request. Subclasses set ``image_processing`` and postprocess."""
+    thread_safe = True  # batch lanes may run copies at once (worker.lanes)
 
     image_processing = staticmethod(imagenet_transform)
 

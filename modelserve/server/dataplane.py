@@ -278,6 +278,7 @@ class DataPlane:
             startup_timeout=config.startup_timeout,
             response_timeout=config.response_timeout,
             pipeline_depth=self.settings.pipeline_depth,
+            batch_threads=0 if config.batch_threads == "auto" else config.batch_threads,
         )
         metrics = self.metrics.for_version(name, version)
 

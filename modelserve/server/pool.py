@@ -64,7 +64,7 @@ class WorkerPool:
         return best
 
     def has_idle(self) -> bool:
-        return any(w.status == "READY" and not w.inflight for w in self.workers)
+        return any(w.idle for w in self.workers)
 
     @property
     def ready_count(self) -> int:

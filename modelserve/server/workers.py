@@ -3,8 +3,9 @@
 Each worker runs ``modelserve.worker`` joined to the frontend by a Unix socketpair: forked
 by the zygote (``modelserve.server.zygote``), or a fresh interpreter when the zygote is off
 or the model has its own installed requirements (which must not meet the zygote's modules).
-Up to ``pipeline_depth`` batches are in flight per worker so the next batch is already in the
-socket when one finishes. A dead worker fails its in-flight requests at once,
+A worker runs ``batch_threads`` batches at once (its batch lanes, which it reports when ready;
+usually 1) and up to ``pipeline_depth - 1`` more wait in its socket, so the next batch is
+already there when one finishes. A dead worker fails its in-flight requests at once,
 with its exit cause and last stderr lines, and the pool starts a replacement with backoff.
 """
 
@@ -54,6 +55,7 @@ class WorkerSpec:
     startup_timeout: float
     response_timeout: float
     pipeline_depth: int
+    batch_threads: int = 0  # 0: the worker decides (modelserve.worker.lanes.plan)
 
     def env(self) -> dict[str, str]:
         """The thread variables are the worker's own to set (``--threads``), before torch."""
@@ -76,6 +78,7 @@ class WorkerSpec:
             "--index", str(index),
             "--device-type", self.device_type,
             "--threads", str(threads),
+            "--batch-threads", str(self.batch_threads),
         ]
 
 
@@ -134,6 +137,7 @@ class WorkerProcess:
         self.start_time = time.time()
         self.load_ms = 0.0
         self.signature: dict[str, Any] | None = None  # the handler's OIP v2 metadata
+        self.batch_threads = 1  # batches it runs at once, as it reports when ready
         self.inflight: dict[int, list[Job]] = {}
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._on_change = on_change
@@ -183,6 +187,7 @@ class WorkerProcess:
         self.device = hello["device"]
         self.signature = hello.get("signature")
         self.load_ms = hello["load_ms"]
+        self.batch_threads = max(1, int(hello.get("batch_threads") or 1))
         self.status = "READY"
         self._tasks.append(asyncio.create_task(self._read_results(reader)))
         self._on_change()
@@ -238,7 +243,14 @@ class WorkerProcess:
     # -- traffic -----------------------------------------------------------------------------
     @property
     def available(self) -> bool:
-        return self.status == "READY" and len(self.inflight) < self.spec.pipeline_depth
+        """Ready, with room in its pipeline for another batch."""
+        return self.status == "READY" and \
+            len(self.inflight) < self.batch_threads + self.spec.pipeline_depth - 1
+
+    @property
+    def idle(self) -> bool:
+        """Ready, with a batch lane that would start a batch sent now."""
+        return self.status == "READY" and len(self.inflight) < self.batch_threads
 
     def send(self, jobs: list[Job]) -> None:
         batch_id = next(self._ids)
@@ -334,6 +346,9 @@ class WorkerProcess:
                     self._complete(msg)
                 elif op == "chunk":
                     self._chunk(msg)
+                elif op == "lanes":  # how many batches it takes at once changed
+                    self.batch_threads = max(1, int(msg.get("n") or 1))
+                    self._on_change()
         except ConnectionError:
             pass  # the process died (killed, crashed): its exit status tells why
         except Exception as exc:  # a broken frame or message: the worker cannot be trusted
@@ -399,5 +414,6 @@ class WorkerProcess:
             "pid": self.pid,
             "gpu": self.device.startswith("cuda"),
             "gpuUsage": "N/A",
+            "batchThreads": self.batch_threads,  # modelserve's: batches it runs at once
         }
 

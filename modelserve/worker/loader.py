@@ -9,9 +9,11 @@ and whose ``handle(data, ctx)`` serves each batch.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,8 +49,61 @@ def _import_handler_module(module_name: str, model_dir: Path) -> ModuleType:
     )
 
 
-def load_entry(handler: str, model_dir: Path, context: Context) -> Entry:
-    """Import the handler, initialise it once, and return the per-batch callable."""
+@dataclass(frozen=True)
+class Handler:
+    """A started handler: the per-batch callable and, for a handler class, its instance."""
+
+    entry: Entry
+    instance: Any = None
+
+    @property
+    def thread_safe(self) -> bool:
+        """Whether batches may run through copies of it at once: its class says so (see
+        :func:`declares_thread_safe`) and the started instance did not take it back (a
+        ``torch.compile``d model does)."""
+        return self.instance is not None and declares_thread_safe(type(self.instance)) \
+            and getattr(self.instance, "thread_safe", False) is True
+
+    def copy(self) -> Entry:
+        """The entry of a shallow copy: it shares the model and what ``initialize`` built,
+        not the attributes a handler sets per batch (``self.context``). A function handler
+        has nothing to copy."""
+        if self.instance is None:
+            return self.entry
+        return getattr(copy.copy(self.instance), self.entry.__name__)
+
+
+def declares_thread_safe(cls: type) -> bool:
+    """``thread_safe = True`` in the class's own body: not inherited, since a subclass may
+    keep per-request state (a tokenizer, a cache) that its parent did not."""
+    return vars(cls).get("thread_safe") is True
+
+
+@dataclass(frozen=True)
+class HandlerSource:
+    """An imported handler, not yet started: a class, a module's ``handle``, or a function."""
+
+    name: str
+    cls: type | None = None
+    function: Callable[..., Any] | None = None
+
+    @property
+    def thread_safe(self) -> bool:
+        return self.cls is not None and declares_thread_safe(self.cls)
+
+    def start(self, context: Context) -> Handler:
+        """Initialise it once (TorchServe's rules: ``fn(None, ctx)`` for a function)."""
+        if self.cls is not None:
+            instance = self.cls()
+            instance.initialize(context)
+            return Handler(instance.handle, instance)
+        assert self.function is not None
+        self.function(None, context)
+        return Handler(self.function)
+
+
+def find_handler(handler: str, model_dir: Path) -> HandlerSource:
+    """Import the handler module and find what serves its batches."""
     module_part, _, function_name = handler.partition(":")
     module_name = Path(module_part).name.removesuffix(".py")
     if not module_name:
@@ -61,8 +116,7 @@ def load_entry(handler: str, model_dir: Path, context: Context) -> Entry:
             raise HandlerLoadError(
                 f"handler module '{module_name}' has no function '{function_name}'"
             )
-        fn(None, context)
-        return fn
+        return HandlerSource(handler, function=fn)
 
     classes = [
         obj
@@ -70,13 +124,15 @@ def load_entry(handler: str, model_dir: Path, context: Context) -> Entry:
         if obj.__module__ == module.__name__
     ]
     if len(classes) == 1:
-        instance = classes[0]()
-        instance.initialize(context)
-        return instance.handle
+        return HandlerSource(handler, cls=classes[0])
     if not classes and callable(getattr(module, "handle", None)):
-        module.handle(None, context)
-        return module.handle
+        return HandlerSource(handler, function=module.handle)
     raise HandlerLoadError(
         f"handler module '{module_name}' must define exactly one class or a 'handle' "
         f"function; found {len(classes)} classes"
     )
+
+
+def load_entry(handler: str, model_dir: Path, context: Context) -> Entry:
+    """Import the handler, initialise it once, and return the per-batch callable."""
+    return find_handler(handler, model_dir).start(context).entry

@@ -1,7 +1,8 @@
-"""Worker process main loop: load once, then read a batch, run the handler, write results.
+"""Worker process: load the handler once, then answer batches until the frontend says stop.
 
-The loop is single-threaded and blocking; the frontend pipelines batches into the socket so
-the next batch is already waiting when one finishes.
+The batch loops (``lanes``: one, or several threads for a thread-safe handler) are blocking;
+the frontend pipelines batches into the socket so the next one is already waiting when a lane
+finishes.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ import socket
 import sys
 import time
 import traceback
-from collections import deque
 from pathlib import Path
-from typing import Any
 
 from modelserve import ipc
-from modelserve.worker import streaming, ts_compat
-from modelserve.worker.codec import StreamFound, decode_request, encode_response, error_response
+from modelserve.worker import lanes, ts_compat
+from modelserve.worker.batch import BatchRunner
+from modelserve.worker.channel import Channel
 from modelserve.worker.context import Context
-from modelserve.worker.loader import Entry, load_entry
+from modelserve.worker.loader import Handler, find_handler
 from modelserve.worker.process import die_with_parent, preset_thread_env
-from modelserve.worker.v2 import V2Runner
+from modelserve.worker.streaming import Streamer
 
 log = logging.getLogger("modelserve.worker")
 
@@ -43,14 +43,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--index", type=int, default=0, help="worker number, picks the GPU")
     p.add_argument("--device-type", default="auto", choices=["auto", "cpu", "gpu"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads, all lanes together")
+    p.add_argument("--batch-threads", type=int, default=lanes.AUTO,
+                   help="batches run at once (lanes); 0: auto")
     return p.parse_args(argv)
 
 
-def _apply_torch_threads(threads: int) -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
+def _context(args: argparse.Namespace, gpu: int | None) -> Context:
+    return Context(
+        model_name=args.model_name,
+        model_dir=str(args.model_dir),
+        manifest=json.loads(args.manifest),
+        batch_size=args.batch_size,
+        gpu=gpu,
+        model_yaml_config=json.loads(args.model_yaml_config),
+    )
+
+
+def _more_lanes(handler: Handler, count: int, args: argparse.Namespace, gpu: int | None,
+                channel: Channel) -> list[BatchRunner]:
+    """Batch runners for lanes 1..count-1: each with a copy of the handler, its own context."""
+    return [BatchRunner(handler.copy(), _context(args, gpu), Streamer(channel))
+            for _ in range(count - 1)]
 
 
 def _pick_gpu(index: int, device_type: str) -> int | None:
@@ -66,89 +80,6 @@ def _pick_gpu(index: int, device_type: str) -> int | None:
     return None
 
 
-class Worker:
-    def __init__(self, entry: Entry, context: Context, streamer: streaming.Streamer) -> None:
-        self.entry = entry
-        self.context = context
-        self.v2 = V2Runner(entry, streamer)
-        self.streamer = streamer
-
-    def run_batch(self, reqs: list[list[Any]]) -> list[list[Any]]:
-        """Run one batch; on a handler error, retry each request alone so one bad request
-        cannot fail the others (unless chunks of a streamed answer already went out)."""
-        try:
-            return self._call(reqs)
-        except streaming.StreamCancelled:
-            return self.streamer.placeholders(len(reqs))
-        except Exception as exc:  # the handler's own failure
-            if self.streamer.active:
-                log.warning("handler failed mid-stream: %s",
-                            "".join(traceback.format_exception_only(exc)))
-                return self.streamer.fail(exc, len(reqs))
-            if len(reqs) == 1:
-                log.warning("handler failed: %s", "".join(traceback.format_exception_only(exc)))
-                return [error_response(exc)]
-        out: list[list[Any]] = []
-        for i, req in enumerate(reqs):
-            self.streamer.offset, self.streamer.active = i, False
-            try:
-                out.extend(self._call([req]))
-            except streaming.StreamCancelled:
-                out.extend(self.streamer.placeholders(1))
-            except Exception as exc:
-                if self.streamer.active:
-                    out.extend(self.streamer.fail(exc, 1))
-                    continue
-                log.warning("handler failed: %s", "".join(traceback.format_exception_only(exc)))
-                out.append(error_response(exc))
-        return out
-
-    def _call(self, reqs: list[list[Any]]) -> list[list[Any]]:
-        """TorchServe requests and OIP v2 requests (a fifth item) of one batch each go to
-        the handler as their own batch; answers keep the batch's order."""
-        v2 = [len(r) > 4 for r in reqs]
-        if not any(v2):
-            return self._call_ts(reqs)
-        if all(v2):
-            return self._call_v2(reqs)
-        # each part streams at its requests' own positions; "chunks went out" (no retry-alone
-        # of the batch) holds for the batch when it holds for either part
-        streamer, streamed = self.streamer, self.streamer.active
-        try:
-            with streamer.subset([i for i, is_v2 in enumerate(v2) if not is_v2]):
-                ts_out = iter(self._call_ts([r for r, is_v2 in zip(reqs, v2) if not is_v2]))
-            streamed, streamer.active = streamed or streamer.active, False
-            with streamer.subset([i for i, is_v2 in enumerate(v2) if is_v2]):
-                v2_out = iter(self._call_v2([r for r, is_v2 in zip(reqs, v2) if is_v2]))
-        finally:
-            streamer.active = streamed or streamer.active
-        return [next(v2_out) if is_v2 else next(ts_out) for is_v2 in v2]
-
-    def _call_v2(self, reqs: list[list[Any]]) -> list[list[Any]]:
-        self.context.begin_batch([r[0] for r in reqs], [r[3] for r in reqs])
-        return self.v2.run([r[4] for r in reqs], self.context)
-
-    def _call_ts(self, reqs: list[list[Any]]) -> list[list[Any]]:
-        ctx = self.context
-        ctx.begin_batch([r[0] for r in reqs], [r[3] for r in reqs])
-        data = [decode_request(content_type, body) for _, content_type, body, _ in reqs]
-        results = self.entry(data, ctx)
-        if not isinstance(results, list):
-            if streaming.is_stream(results):
-                return self.streamer.run_steps(results, len(reqs), ctx)
-            raise TypeError(f"handler returned {type(results).__name__}, expected a list")
-        if len(results) != len(reqs):
-            raise ValueError(
-                f"handler returned {len(results)} results for a batch of {len(reqs)} requests"
-            )
-        if self.streamer.active:  # it sent intermediate responses: these are the last chunks
-            return self.streamer.finish(results, ctx)
-        try:
-            return [encode_response(result, idx, ctx) for idx, result in enumerate(results)]
-        except StreamFound:  # some results are generators
-            return self.streamer.run_list(results, ctx)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     die_with_parent()
@@ -162,25 +93,23 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     sock = socket.socket(fileno=args.fd)
+    channel = Channel(sock)
     started = time.perf_counter()
     try:
         preset_thread_env(args.threads)
         gpu = _pick_gpu(args.index, args.device_type)
-        context = Context(
-            model_name=args.model_name,
-            model_dir=str(args.model_dir),
-            manifest=json.loads(args.manifest),
-            batch_size=args.batch_size,
-            gpu=gpu,
-            model_yaml_config=json.loads(args.model_yaml_config),
-        )
+        context = _context(args, gpu)
         os.chdir(args.model_dir)
         ts_compat.install()  # TorchServe handler files import ts.*
-        inbox: deque[dict[str, Any] | None] = deque()  # frames read while streaming
-        streamer = streaming.Streamer(sock, inbox)
-        streaming.install(streamer)
-        worker = Worker(load_entry(args.handler, args.model_dir, context), context, streamer)
-        _apply_torch_threads(args.threads)
+        source = find_handler(args.handler, args.model_dir)
+        count = lanes.plan(args.batch_threads, source.thread_safe, gpu, args.threads)
+        # before the model loads: onnxruntime sizes its session's thread pool from this
+        lanes.set_torch_threads(lanes.threads_each(args.threads, count))
+        handler = source.start(context)
+        if count > 1 and args.batch_threads == lanes.AUTO and not handler.thread_safe:
+            count = 1  # the started handler took it back (a torch.compile'd model)
+            lanes.set_torch_threads(args.threads)
+        runner = BatchRunner(handler.entry, context, Streamer(channel))
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())
         message = "".join(traceback.format_exception_only(exc)).strip()
@@ -191,36 +120,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     load_ms = (time.perf_counter() - started) * 1000
     device = f"cuda:{gpu}" if gpu is not None else "cpu"
-    log.info("loaded in %.0f ms on %s", load_ms, device)
+    threads = lanes.threads_each(args.threads, count)
+    log.info("loaded in %.0f ms on %s; %d batch lane(s) of %d torch thread(s)%s",
+             load_ms, device, count, threads,
+             " (auto: lane 0 alone until the others pay)"
+             if count > 1 and args.batch_threads == lanes.AUTO else "")
     try:
-        signature = worker.v2.signature()
+        signature = runner.v2.signature()
     except Exception:  # metadata is a nicety: serve without it
         log.warning("v2_signature() failed:\n%s", traceback.format_exc())
         signature = None
+    # copies are made after the probe, so they share what it cached on the handler
+    runners = [runner, *_more_lanes(handler, count, args, gpu, channel)]
+    gate = lanes.Gate(channel, count, adaptive=args.batch_threads == lanes.AUTO)
     ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms,
-             "signature": signature}
+             "signature": signature, "batch_threads": gate.open}
     try:
-        sock.sendall(ipc.encode(ready))
-        return _serve(sock, inbox, worker, streamer, context)
+        channel.send(ready)
     except (BrokenPipeError, ConnectionResetError):
         # the frontend closed our socket (the model was unregistered while it loaded, or
         # the server stopped): nothing is waiting for an answer
         log.info("the frontend closed the connection; exiting")
         return 0
-
-
-def _serve(sock: socket.socket, inbox: deque[dict[str, Any] | None], worker: Worker,
-           streamer: streaming.Streamer, context: Context) -> int:
-    """Answer batches until the frontend says stop or closes the socket."""
-    while True:
-        msg = inbox.popleft() if inbox else ipc.recv_frame(sock)
-        if msg is None or msg["op"] == "stop":
-            return 0
-        if msg["op"] == "infer":  # ("cancel" of a stream that already ended: nothing to do)
-            streamer.begin(msg["id"], len(msg["reqs"]))
-            t0 = time.perf_counter()
-            out = worker.run_batch(msg["reqs"])
-            ms = (time.perf_counter() - t0) * 1000
-            metrics = context.metrics.drain()
-            sock.sendall(ipc.encode({"op": "result", "id": msg["id"], "out": out, "ms": ms,
-                                     "metrics": metrics}))
+    lanes.serve(channel, runners, threads, gate)
+    return 0

@@ -31,20 +31,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import select
-import socket
+import threading
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from modelserve import ipc
+from modelserve.worker.channel import Channel
 from modelserve.worker.codec import StreamFound, encode_response, error_response
 
 log = logging.getLogger("modelserve.worker.streaming")
 
-_active: Streamer | None = None  # the worker process's streamer (one batch at a time)
+_active = threading.local()  # .streamer: the streamer of the batch lane on this thread
 
 
 class StreamCancelled(BaseException):
@@ -59,15 +57,11 @@ def is_stream(value: Any) -> bool:
 
 
 class Streamer:
-    """Sends the chunk frames of the worker's current batch and reads its cancel frames.
+    """Sends the chunk frames of one batch lane's current batch and watches its cancels
+    (which the channel takes in, whichever lane reads them)."""
 
-    Frames that arrive meanwhile and are not cancels (the next pipelined batch, ``stop``) go
-    to ``inbox``, which the main loop reads before the socket.
-    """
-
-    def __init__(self, sock: socket.socket, inbox: deque[dict[str, Any] | None]) -> None:
-        self.sock = sock
-        self.inbox = inbox
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
         self.batch_id = -1
         self.size = 0
         self.offset = 0  # position of the handler's request 0 in the batch (retry-alone path)
@@ -82,10 +76,13 @@ class Streamer:
         self.size = size
         self.offset = 0
         self.index = None
-        if self.active or self.cancelled or self.finished:
+        self.cancelled = self.channel.begin(batch_id)
+        if self.active or self.finished:
             self.active = False
-            self.cancelled = set()
             self.finished = set()
+
+    def end(self) -> None:
+        self.channel.end(self.batch_id)
 
     # -- frames ------------------------------------------------------------------------------
     def _send(self, entries: list[list[Any]]) -> None:
@@ -94,21 +91,13 @@ class Streamer:
             for entry in entries:
                 if entry[5]:
                     self.finished.add(entry[0])
-            self.sock.sendall(ipc.encode({"op": "chunk", "id": self.batch_id, "out": entries}))
+            self.channel.send({"op": "chunk", "id": self.batch_id, "out": entries})
 
     def poll(self) -> None:
         """Take in whatever the frontend sent, without waiting."""
-        while select.select([self.sock], [], [], 0)[0]:
-            msg = ipc.recv_frame(self.sock)
-            if msg is None:  # the frontend is gone: stop streaming; the main loop exits
-                self.inbox.append(None)
-                self.cancelled.update(range(self.size))
-                return
-            if msg.get("op") == "cancel":
-                if msg.get("id") == self.batch_id:
-                    self.cancelled.add(msg["idx"])
-            else:
-                self.inbox.append(msg)
+        self.channel.poll()
+        if self.channel.closed:  # the frontend is gone or stopping: stop streaming
+            self.cancelled.update(range(self.size))
 
     def at(self, idx: int) -> int:
         """The batch position of the handler's request ``idx``."""
@@ -273,8 +262,8 @@ def _log_failure(exc: BaseException) -> None:
 
 
 def install(streamer: Streamer) -> None:
-    global _active
-    _active = streamer
+    """``streamer`` serves the TorchServe streaming call made on this thread."""
+    _active.streamer = streamer
 
 
 def send_intermediate_predict_response(ret: list[Any], req_id_map: dict[int, str], message: str,
@@ -284,6 +273,7 @@ def send_intermediate_predict_response(ret: list[Any], req_id_map: dict[int, str
     ``message`` is TorchServe's status message (unused: HTTP carries no per-chunk message);
     ``code`` is the HTTP status when this is the request's first chunk.
     """
-    if _active is None:
+    streamer: Streamer | None = getattr(_active, "streamer", None)
+    if streamer is None:
         raise RuntimeError("send_intermediate_predict_response is only available in a worker")
-    _active.intermediate(ret, req_id_map, code, context)
+    streamer.intermediate(ret, req_id_map, code, context)

@@ -1,0 +1,192 @@
+"""Batch lanes: one worker process running several batches at once, each on its own thread.
+
+On CPU, independent batches on one torch thread each beat one batch on all of a worker's
+threads: that batch's OpenMP threads meet at every operator, and an idle one sleeps (the
+wait policy workers use, so that they leave the frontend its CPU) and is slow to wake.
+Measured on 2 cores (resnet, TorchScript, batch 8, one process): one lane of 2 threads
+217-261 samples/s, two lanes of 1 thread 435-470. The model's weights and torch are in
+memory once, where a second worker process would hold its own.
+
+Each lane has its own copy of the handler (``Handler.copy``: the model is shared, the
+attributes a handler sets per batch are not), its own Context and Streamer; frames go through
+one Channel, so a lone lane reads its batches itself. Torch calls release the GIL, so the
+lanes' models run in parallel while Python code (decoding, the handler's own steps) takes
+turns.
+
+A handler runs in several lanes only when asked (``batch_threads`` in config.yaml or
+``batchThreads`` in model-config.yaml) or, by default (``auto``), when its class declares
+``thread_safe = True`` (modelserve's built-in handlers do): TorchServe handlers were written for
+one batch at a time, and some hold objects that two threads must not use at once (a Hugging
+Face tokenizer raises "Already borrowed"). In ``auto`` a worker has one lane per torch thread
+(at most ``AUTO_MAX``, CPU only), of which the ``Gate`` opens the others only where they
+pay: lane 0 is busy all the time (batches wait for it), and the model call takes most of each
+batch (lanes that mostly run Python only queue for the GIL) and more than a millisecond.
+Opened where they do not pay, they cost: digits (a model call of ~0.1 ms, the frontend the
+bottleneck) went from 6.1k to 5.1k req/s, p99 x4, with two lanes open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from modelserve import model_clock
+from modelserve.worker import streaming
+from modelserve.worker.batch import BatchRunner
+from modelserve.worker.channel import Channel
+
+log = logging.getLogger("modelserve.worker")
+
+AUTO = 0  # --batch-threads 0: choose (plan)
+AUTO_MAX = 4  # past a few lanes, their Python steps queue for the GIL
+# The Gate's levels, compared with moving averages over batches, at which the other lanes open
+# and close again: the share of time a lane is busy (not waiting for a batch), the model's
+# share of a batch's time, the model's time per batch (s); and the batches between changes.
+# Closing takes a lane busy under a third of the time: one lane would then be under 0.9 busy.
+BUSY_OPEN, BUSY_CLOSE = 0.9, 0.3
+SHARE_OPEN, SHARE_CLOSE = 0.6, 0.4
+MODEL_OPEN, MODEL_CLOSE = 0.001, 0.0005
+SETTLE, SMOOTHING = 16, 0.2
+
+
+def plan(requested: int, thread_safe: bool, gpu: int | None, threads: int) -> int:
+    """How many lanes a worker has: as requested, else (AUTO) one per torch thread (at most
+    AUTO_MAX) for a thread-safe handler on CPU, else one."""
+    if requested != AUTO:
+        return requested
+    if gpu is not None or not thread_safe:
+        return 1
+    return max(1, min(threads, AUTO_MAX))
+
+
+def threads_each(threads: int, lanes: int) -> int:
+    """The worker's torch threads shared among its lanes (at least one each)."""
+    return max(1, threads // lanes)
+
+
+def set_torch_threads(threads: int) -> None:
+    """This thread's torch (OpenMP, MKL) thread count: the setting is per calling thread, so
+    each lane sets its own."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+class Gate:
+    """How many of the worker's lanes take batches now.
+
+    All of them when the count was asked for. In auto, lane 0 alone until it is busy
+    (BUSY_OPEN of the time) and the model call (``modelserve.model_clock``) takes SHARE_OPEN
+    of each batch's time and at least MODEL_OPEN; all of them until any of these falls to its
+    CLOSE level. Each change is sent to the frontend (``{"op": "lanes", "n"}``), which then
+    fills batches for the lanes that take them.
+    """
+
+    def __init__(self, channel: Channel, lanes: int, adaptive: bool) -> None:
+        self.lanes = lanes
+        self.adaptive = adaptive and lanes > 1
+        self.open = 1 if self.adaptive else lanes
+        self.busy = 0.0  # moving averages
+        self.share = 0.0
+        self.model_s = 0.0
+        self._since = 0  # batches since the last change
+        self._channel = channel
+        self._cond = threading.Condition()
+
+    def wait(self, index: int) -> bool:
+        """Block until lane ``index`` may take a batch; False once the channel closed."""
+        if index < self.open:
+            return True
+        with self._cond:
+            while index >= self.open and not self._channel.closed:
+                self._cond.wait()
+        return not self._channel.closed
+
+    def wake(self) -> None:
+        """The channel closed: parked lanes end."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def record(self, waited_s: float, batch_s: float, model_s: float) -> None:
+        """A lane waited ``waited_s`` for a batch that then took ``batch_s``, ``model_s`` of
+        it in model calls."""
+        if not self.adaptive or batch_s <= 0:
+            return
+        with self._cond:
+            self.busy += SMOOTHING * (batch_s / (batch_s + waited_s) - self.busy)
+            self.share += SMOOTHING * (min(1.0, model_s / batch_s) - self.share)
+            self.model_s += SMOOTHING * (model_s - self.model_s)
+            self._since += 1
+            if self._since < SETTLE:
+                return
+            if self.open == 1:
+                pays = self.busy >= BUSY_OPEN and self.share >= SHARE_OPEN \
+                    and self.model_s >= MODEL_OPEN
+            else:
+                pays = self.busy > BUSY_CLOSE and self.share > SHARE_CLOSE \
+                    and self.model_s > MODEL_CLOSE
+            want = self.lanes if pays else 1
+            if want == self.open:
+                return
+            self.open, self._since = want, 0
+            log.info("%d batch lane(s) open: lanes busy %.0f%% of the time, the model "
+                     "%.1f ms a batch, %.0f%% of its time", want, self.busy * 100,
+                     self.model_s * 1000, self.share * 100)
+            self._channel.send({"op": "lanes", "n": want})  # under the lock: in order
+            self._cond.notify_all()
+
+
+def serve(channel: Channel, runners: list[BatchRunner], threads: int, gate: Gate) -> None:
+    """Answer batches until the frontend says stop or closes the socket: lane 0 on this
+    thread, the others on their own."""
+    others = [threading.Thread(target=_lane, args=(channel, runner, threads, gate, i),
+                               name=f"lane-{i}", daemon=True)
+              for i, runner in enumerate(runners[1:], start=1)]
+    for thread in others:
+        thread.start()
+    _lane(channel, runners[0], threads, gate, 0)
+    gate.wake()
+    for thread in others:
+        thread.join()
+
+
+def _lane(channel: Channel, runner: BatchRunner, threads: int, gate: Gate, index: int) -> None:
+    set_torch_threads(threads)
+    streaming.install(runner.streamer)
+    model_clock.take()  # what loading and the probes ran on this thread
+    try:
+        while True:
+            waiting = time.perf_counter()
+            if not gate.wait(index) or (msg := channel.next_batch()) is None:
+                break
+            _run(channel, runner, gate, msg, time.perf_counter() - waiting)
+    except (BrokenPipeError, ConnectionResetError):
+        channel.closed = True  # the frontend is gone; the other lanes end with their batch
+        gate.wake()
+    except BaseException as exc:  # a broken frame, or a handler that exits the process
+        # the whole worker goes, whichever lane this is: the frontend sees it die, fails or
+        # retries its batches, and starts another
+        log.critical("the worker exits:\n%s", traceback.format_exc())
+        logging.shutdown()
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+        os._exit(code)
+
+
+def _run(channel: Channel, runner: BatchRunner, gate: Gate, msg: dict[str, Any],
+         waited_s: float) -> None:
+    runner.streamer.begin(msg["id"], len(msg["reqs"]))
+    try:
+        t0 = time.perf_counter()
+        out = runner.run_batch(msg["reqs"])
+        seconds = time.perf_counter() - t0
+        metrics = runner.context.metrics.drain()
+        channel.send({"op": "result", "id": msg["id"], "out": out, "ms": seconds * 1000,
+                      "metrics": metrics})
+    finally:
+        runner.streamer.end()
+    gate.record(waited_s, seconds, model_clock.take())
