@@ -1,4 +1,4 @@
-"""TorchServe 0.12 and modelserve side by side: same archives, same settings, same load.
+r"""TorchServe 0.12 and modelserve side by side: same archives, same settings, same load.
 
 Both servers get the same workers per model (``--workers``, default 1; with more, both get
 ``OMP_NUM_THREADS`` = cores / workers), batch size 8, ``max_batch_delay`` 5 ms, JSON bodies,
