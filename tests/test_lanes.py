@@ -18,10 +18,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from modelserve import ipc, model_clock
 from modelserve.examples.digits import load_split
@@ -29,6 +31,7 @@ from modelserve.handlers.tensor_handler import TensorHandler
 from modelserve.worker import lanes
 from modelserve.worker.channel import Channel
 from modelserve.worker.loader import Handler, declares_thread_safe
+from modelserve.worker.streaming import Streamer
 from tests.conftest import COUNTED_CHUNKS, Server, handler_archive, wait_for
 
 
@@ -105,6 +108,35 @@ def test_gate_opens_lanes_for_a_busy_model_and_closes_them_when_idle(pair):
     assert read_frame(frontend) == {"op": "lanes", "n": 1}
 
 
+def test_gate_close_level_scales_with_the_open_lanes(pair):
+    """Four lanes carrying 1.1 lanes of work (each busy ~28 %) stay open: one lane could not
+    carry it and would reopen them; 0.4 lanes of work (10 % each) fits in one."""
+    _, channel = pair
+    gate = lanes.Gate(channel, 4, adaptive=True)
+    for _ in range(lanes.SETTLE):
+        gate.record(0.0, 0.035, 0.030)
+    assert gate.open == 4
+    for _ in range(lanes.SETTLE * 4):
+        gate.record(0.090, 0.035, 0.030)
+    assert gate.open == 4
+    for _ in range(lanes.SETTLE * 4):
+        gate.record(0.315, 0.035, 0.030)
+    assert gate.open == 1
+
+
+def test_gate_closes_at_once_after_an_idle_spell_and_shares_threads(pair):
+    _, channel = pair
+    gate = lanes.Gate(channel, 2, adaptive=True, threads=3)
+    assert [gate.threads_for(i) for i in range(2)] == [3, 3]  # lane 0 alone: all threads
+    for _ in range(lanes.SETTLE):
+        gate.record(0.0, 0.035, 0.030)
+    assert gate.open == 2
+    assert [gate.threads_for(i) for i in range(2)] == [2, 1]
+    gate.record(0.0, 0.035, 0.030)
+    gate.record(lanes.IDLE_S, 0.035, 0.030)  # fewer than SETTLE batches since opening
+    assert gate.open == 1 and gate.threads_for(0) == 3
+
+
 @pytest.mark.parametrize("waited, batch, model", [
     (0.0, 0.0004, 0.0003),  # busy, mostly model, but a model call of 0.3 ms (digits)
     (0.0, 0.035, 0.010),    # busy, but the batch is mostly Python
@@ -143,8 +175,58 @@ def test_plan():
     assert lanes.plan(lanes.AUTO, True, None, 16) == lanes.AUTO_MAX
     assert lanes.plan(lanes.AUTO, True, 0, 2) == 1  # GPU
     assert lanes.plan(lanes.AUTO, False, None, 2) == 1  # not declared thread-safe
-    assert lanes.threads_each(2, 2) == 1 and lanes.threads_each(8, 3) == 2
-    assert lanes.threads_each(1, 4) == 1
+    assert lanes.threads_each(2, 2) == 1 and lanes.threads_each(1, 4) == 1
+    assert [lanes.threads_each(8, 3, i) for i in range(3)] == [3, 3, 2]  # none left idle
+    assert [lanes.threads_each(5, 4, i) for i in range(4)] == [2, 1, 1, 1]
+
+
+class SpyGate(lanes.Gate):
+    def record(self, waited_s: float, batch_s: float, model_s: float) -> None:
+        self.waits.append(waited_s)
+        super().record(waited_s, batch_s, model_s)
+
+
+class ThreadsRunner:
+    """A batch runner that answers with the torch threads its lane runs the batch on."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.streamer = Streamer(channel)
+        self.context = SimpleNamespace(metrics=SimpleNamespace(drain=lambda: []))
+
+    def run_batch(self, reqs: list) -> list:
+        return [torch.get_num_threads()]
+
+
+def test_a_lane_runs_on_its_share_of_threads_and_parked_time_is_not_waiting(pair):
+    frontend, channel = pair
+    gate = SpyGate(channel, 2, adaptive=True, threads=2)
+    gate.waits = []
+    runners = [ThreadsRunner(channel), ThreadsRunner(channel)]
+    lane1 = threading.Thread(target=lanes._lane, args=(channel, runners[1], gate, 1))
+    lane1.start()
+    send(frontend, infer(1))
+    assert lanes.threads_each(2, 2, 0) == 1
+    lane0 = threading.Thread(target=lanes._lane, args=(channel, runners[0], gate, 0))
+    lane0.start()
+    assert read_frame(frontend)["out"] == [2]  # lane 0 alone: both threads
+    time.sleep(0.6)  # lane 1 parked, lane 0 waiting for work
+    with gate._cond:  # what record does when the lanes pay
+        gate.open = 2
+        gate._cond.notify_all()
+    time.sleep(0.2)  # lane 1 is reading now
+    send(frontend, infer(2), infer(3))
+    # lane 0 was already reading on both threads when the gate opened; lane 1 on its one
+    assert sorted(read_frame(frontend)["out"][0] for _ in range(2)) == [1, 2]
+    send(frontend, infer(4), infer(5))
+    assert [read_frame(frontend)["out"][0] for _ in range(2)] == [1, 1]  # both lanes: one
+    send(frontend, {"op": "stop"})
+    lane0.join(5)
+    lane1.join(5)
+    assert not lane0.is_alive() and not lane1.is_alive()
+    # lane 0 waited ~0.8 s for batch 2; lane 1, parked 0.6 s of its ~0.8 s, counts only the
+    # 0.2 s it read
+    waits = sorted(gate.waits)
+    assert len(waits) == 5 and waits[-1] > 0.6 and waits[-2] < 0.5, waits
 
 
 def test_model_clock_is_per_thread():

@@ -47,11 +47,13 @@ AUTO_MAX = 4  # past a few lanes, their Python steps queue for the GIL
 # The Gate's levels, compared with moving averages over batches, at which the other lanes open
 # and close again: the share of time a lane is busy (not waiting for a batch), the model's
 # share of a batch's time, the model's time per batch (s); and the batches between changes.
-# Closing takes a lane busy under a third of the time: one lane would then be under 0.9 busy.
-BUSY_OPEN, BUSY_CLOSE = 0.9, 0.3
+# BUSY_CLOSE is the open lanes' work together, in lanes (busy x open): 0.6 of one lane's time,
+# so that the one lane left (on all the threads) is well under BUSY_OPEN and does not reopen.
+# A lane that waited IDLE_S for a batch closes the others at once: the worker sat idle.
+BUSY_OPEN, BUSY_CLOSE = 0.9, 0.6
 SHARE_OPEN, SHARE_CLOSE = 0.6, 0.4
 MODEL_OPEN, MODEL_CLOSE = 0.001, 0.0005
-SETTLE, SMOOTHING = 16, 0.2
+SETTLE, SMOOTHING, IDLE_S = 16, 0.2, 1.0
 
 
 def plan(requested: int, thread_safe: bool, gpu: int | None, threads: int) -> int:
@@ -64,9 +66,10 @@ def plan(requested: int, thread_safe: bool, gpu: int | None, threads: int) -> in
     return max(1, min(threads, AUTO_MAX))
 
 
-def threads_each(threads: int, lanes: int) -> int:
-    """The worker's torch threads shared among its lanes (at least one each)."""
-    return max(1, threads // lanes)
+def threads_each(threads: int, lanes: int, index: int = 0) -> int:
+    """Lane ``index``'s share of the worker's torch threads: all of them shared out (the
+    first lanes take the remainder), at least one each."""
+    return max(1, threads // lanes + (index < threads % lanes))
 
 
 def set_torch_threads(threads: int) -> None:
@@ -80,15 +83,17 @@ def set_torch_threads(threads: int) -> None:
 class Gate:
     """How many of the worker's lanes take batches now.
 
-    All of them when the count was asked for. In auto, lane 0 alone until it is busy
-    (BUSY_OPEN of the time) and the model call (``modelserve.model_clock``) takes SHARE_OPEN
-    of each batch's time and at least MODEL_OPEN; all of them until any of these falls to its
-    CLOSE level. Each change is sent to the frontend (``{"op": "lanes", "n"}``), which then
-    fills batches for the lanes that take them.
+    All of them when the count was asked for. In auto, lane 0 alone, on all the worker's
+    threads, until it is busy (BUSY_OPEN of the time) and the model call
+    (``modelserve.model_clock``) takes SHARE_OPEN of each batch's time and at least
+    MODEL_OPEN; all of them, on a share of the threads each, until any of these falls to its
+    CLOSE level or a lane waited IDLE_S for work. Each change is sent to the frontend
+    (``{"op": "lanes", "n"}``), which then fills batches for the lanes that take them.
     """
 
-    def __init__(self, channel: Channel, lanes: int, adaptive: bool) -> None:
+    def __init__(self, channel: Channel, lanes: int, adaptive: bool, threads: int = 1) -> None:
         self.lanes = lanes
+        self.threads = threads
         self.adaptive = adaptive and lanes > 1
         self.open = 1 if self.adaptive else lanes
         self.busy = 0.0  # moving averages
@@ -107,6 +112,12 @@ class Gate:
                 self._cond.wait()
         return not self._channel.closed
 
+    def threads_for(self, index: int) -> int:
+        """The torch threads lane ``index`` runs its next batch on: all of the worker's while
+        it is the only lane open (a lone lane on one thread would leave cores idle at low
+        load), its share once others are open."""
+        return self.threads if self.open == 1 else threads_each(self.threads, self.lanes, index)
+
     def wake(self) -> None:
         """The channel closed: parked lanes end."""
         with self._cond:
@@ -122,13 +133,15 @@ class Gate:
             self.share += SMOOTHING * (min(1.0, model_s / batch_s) - self.share)
             self.model_s += SMOOTHING * (model_s - self.model_s)
             self._since += 1
-            if self._since < SETTLE:
+            if self.open > 1 and waited_s >= IDLE_S:
+                pays = False
+            elif self._since < SETTLE:
                 return
-            if self.open == 1:
+            elif self.open == 1:
                 pays = self.busy >= BUSY_OPEN and self.share >= SHARE_OPEN \
                     and self.model_s >= MODEL_OPEN
             else:
-                pays = self.busy > BUSY_CLOSE and self.share > SHARE_CLOSE \
+                pays = self.busy * self.open > BUSY_CLOSE and self.share > SHARE_CLOSE \
                     and self.model_s > MODEL_CLOSE
             want = self.lanes if pays else 1
             if want == self.open:
@@ -141,28 +154,30 @@ class Gate:
             self._cond.notify_all()
 
 
-def serve(channel: Channel, runners: list[BatchRunner], threads: int, gate: Gate) -> None:
+def serve(channel: Channel, runners: list[BatchRunner], gate: Gate) -> None:
     """Answer batches until the frontend says stop or closes the socket: lane 0 on this
     thread, the others on their own."""
-    others = [threading.Thread(target=_lane, args=(channel, runner, threads, gate, i),
+    others = [threading.Thread(target=_lane, args=(channel, runner, gate, i),
                                name=f"lane-{i}", daemon=True)
               for i, runner in enumerate(runners[1:], start=1)]
     for thread in others:
         thread.start()
-    _lane(channel, runners[0], threads, gate, 0)
+    _lane(channel, runners[0], gate, 0)
     gate.wake()
     for thread in others:
         thread.join()
 
 
-def _lane(channel: Channel, runner: BatchRunner, threads: int, gate: Gate, index: int) -> None:
-    set_torch_threads(threads)
+def _lane(channel: Channel, runner: BatchRunner, gate: Gate, index: int) -> None:
+    threads = 0
     streaming.install(runner.streamer)
     model_clock.take()  # what loading and the probes ran on this thread
     try:
-        while True:
+        while gate.wait(index):  # time parked here is not time waiting for work
+            if (want := gate.threads_for(index)) != threads:
+                set_torch_threads(threads := want)
             waiting = time.perf_counter()
-            if not gate.wait(index) or (msg := channel.next_batch()) is None:
+            if (msg := channel.next_batch()) is None:
                 break
             _run(channel, runner, gate, msg, time.perf_counter() - waiting)
     except (BrokenPipeError, ConnectionResetError):

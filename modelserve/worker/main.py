@@ -120,10 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     load_ms = (time.perf_counter() - started) * 1000
     device = f"cuda:{gpu}" if gpu is not None else "cpu"
-    threads = lanes.threads_each(args.threads, count)
     log.info("loaded in %.0f ms on %s; %d batch lane(s) of %d torch thread(s)%s",
-             load_ms, device, count, threads,
-             " (auto: lane 0 alone until the others pay)"
+             load_ms, device, count, lanes.threads_each(args.threads, count),
+             f" (auto: lane 0 alone on {args.threads} until the others pay)"
              if count > 1 and args.batch_threads == lanes.AUTO else "")
     try:
         signature = runner.v2.signature()
@@ -132,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         signature = None
     # copies are made after the probe, so they share what it cached on the handler
     runners = [runner, *_more_lanes(handler, count, args, gpu, channel)]
-    gate = lanes.Gate(channel, count, adaptive=args.batch_threads == lanes.AUTO)
+    gate = lanes.Gate(channel, count, adaptive=args.batch_threads == lanes.AUTO,
+                      threads=args.threads)
     ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms,
              "signature": signature, "batch_threads": gate.open}
     try:
@@ -142,5 +142,5 @@ def main(argv: list[str] | None = None) -> int:
         # the server stopped): nothing is waiting for an answer
         log.info("the frontend closed the connection; exiting")
         return 0
-    lanes.serve(channel, runners, threads, gate)
+    lanes.serve(channel, runners, gate)
     return 0
