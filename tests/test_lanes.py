@@ -82,6 +82,19 @@ def test_channel_answers_waiting_batches_before_a_stop(pair):
     assert channel.next_batch() is None
 
 
+def test_channel_tells_whether_a_frame_is_here_already(pair):
+    frontend, channel = pair
+    assert not channel.ready()
+    send(frontend, infer(1), infer(2))
+    time.sleep(0.05)
+    assert channel.ready()  # on the socket
+    assert channel.next_batch()["id"] == 1
+    channel.poll()
+    assert channel.ready()  # read in, not taken
+    assert channel.next_batch()["id"] == 2
+    assert not channel.ready()
+
+
 def test_channel_ends_when_the_frontend_closes(pair):
     frontend, channel = pair
     frontend.close()
@@ -99,28 +112,28 @@ def test_gate_opens_lanes_for_a_busy_model_and_closes_them_when_idle(pair):
     gate = lanes.Gate(channel, 2, adaptive=True)
     assert gate.open == 1
     for _ in range(lanes.SETTLE):  # batches back to back, 30 ms of 35 in the model
-        gate.record(0.0, 0.035, 0.030)
+        gate.record(True, 0.0, 0.035, 0.030)
     assert gate.open == 2
     assert read_frame(frontend) == {"op": "lanes", "n": 2}
     for _ in range(lanes.SETTLE * 2):  # now each lane waits 4x longer than it works
-        gate.record(0.140, 0.035, 0.030)
+        gate.record(False, 0.140, 0.035, 0.030)
     assert gate.open == 1
     assert read_frame(frontend) == {"op": "lanes", "n": 1}
 
 
 def test_gate_close_level_scales_with_the_open_lanes(pair):
-    """Four lanes carrying 1.1 lanes of work (each busy ~28 %) stay open: one lane could not
-    carry it and would reopen them; 0.4 lanes of work (10 % each) fits in one."""
+    """Four lanes running 1.4 batches at a time (each busy 35 %) stay open; at 0.8 (one
+    request at a time, 20 % each) one lane on all the threads takes over."""
     _, channel = pair
     gate = lanes.Gate(channel, 4, adaptive=True)
     for _ in range(lanes.SETTLE):
-        gate.record(0.0, 0.035, 0.030)
+        gate.record(True, 0.0, 0.035, 0.030)
     assert gate.open == 4
     for _ in range(lanes.SETTLE * 4):
-        gate.record(0.090, 0.035, 0.030)
+        gate.record(False, 0.065, 0.035, 0.030)
     assert gate.open == 4
     for _ in range(lanes.SETTLE * 4):
-        gate.record(0.315, 0.035, 0.030)
+        gate.record(False, 0.140, 0.035, 0.030)
     assert gate.open == 1
 
 
@@ -129,24 +142,26 @@ def test_gate_closes_at_once_after_an_idle_spell_and_shares_threads(pair):
     gate = lanes.Gate(channel, 2, adaptive=True, threads=3)
     assert [gate.threads_for(i) for i in range(2)] == [3, 3]  # lane 0 alone: all threads
     for _ in range(lanes.SETTLE):
-        gate.record(0.0, 0.035, 0.030)
+        gate.record(True, 0.0, 0.035, 0.030)
     assert gate.open == 2
     assert [gate.threads_for(i) for i in range(2)] == [2, 1]
-    gate.record(0.0, 0.035, 0.030)
-    gate.record(lanes.IDLE_S, 0.035, 0.030)  # fewer than SETTLE batches since opening
+    gate.record(True, 0.0, 0.035, 0.030)
+    gate.record(False, lanes.IDLE_S, 0.035, 0.030)  # fewer than SETTLE batches since opening
     assert gate.open == 1 and gate.threads_for(0) == 3
 
 
-@pytest.mark.parametrize("waited, batch, model", [
-    (0.0, 0.0004, 0.0003),  # busy, mostly model, but a model call of 0.3 ms (digits)
-    (0.0, 0.035, 0.010),    # busy, but the batch is mostly Python
-    (0.030, 0.035, 0.030),  # mostly model, but the lane waits half the time
+@pytest.mark.parametrize("queued, waited, batch, model", [
+    (True, 0.0, 0.0004, 0.0003),  # queued, mostly model, but a model call of 0.3 ms (digits)
+    (True, 0.0, 0.035, 0.010),    # queued, but the batch is mostly Python
+    (False, 0.030, 0.035, 0.030),  # mostly model, but the lane waits half the time
+    # concurrency 1: busy 92 % of the time, all model, but nothing behind the one request
+    (False, 0.001, 0.012, 0.0115),
 ])
-def test_gate_keeps_one_lane_where_more_would_not_pay(pair, waited, batch, model):
+def test_gate_keeps_one_lane_where_more_would_not_pay(pair, queued, waited, batch, model):
     _, channel = pair
     gate = lanes.Gate(channel, 2, adaptive=True)
     for _ in range(lanes.SETTLE * 4):
-        gate.record(waited, batch, model)
+        gate.record(queued, waited, batch, model)
     assert gate.open == 1
 
 
@@ -154,7 +169,7 @@ def test_gate_asked_for_a_count_keeps_it_and_parked_lanes_end_at_close(pair):
     _, channel = pair
     fixed = lanes.Gate(channel, 3, adaptive=False)
     for _ in range(lanes.SETTLE * 2):
-        fixed.record(1.0, 0.001, 0.0)
+        fixed.record(False, 1.0, 0.001, 0.0)
     assert fixed.open == 3 and fixed.wait(2)
 
     gate = lanes.Gate(channel, 2, adaptive=True)
@@ -181,9 +196,10 @@ def test_plan():
 
 
 class SpyGate(lanes.Gate):
-    def record(self, waited_s: float, batch_s: float, model_s: float) -> None:
+    def record(self, queued: bool, waited_s: float, batch_s: float, model_s: float) -> None:
         self.waits.append(waited_s)
-        super().record(waited_s, batch_s, model_s)
+        self.queues.append(queued)
+        super().record(queued, waited_s, batch_s, model_s)
 
 
 class ThreadsRunner:
@@ -200,7 +216,7 @@ class ThreadsRunner:
 def test_a_lane_runs_on_its_share_of_threads_and_parked_time_is_not_waiting(pair):
     frontend, channel = pair
     gate = SpyGate(channel, 2, adaptive=True, threads=2)
-    gate.waits = []
+    gate.waits, gate.queues = [], []
     runners = [ThreadsRunner(channel), ThreadsRunner(channel)]
     lane1 = threading.Thread(target=lanes._lane, args=(channel, runners[1], gate, 1))
     lane1.start()
@@ -227,6 +243,8 @@ def test_a_lane_runs_on_its_share_of_threads_and_parked_time_is_not_waiting(pair
     # 0.2 s it read
     waits = sorted(gate.waits)
     assert len(waits) == 5 and waits[-1] > 0.6 and waits[-2] < 0.5, waits
+    # batch 1 was there before lane 0 asked; batches 2 and 3 came while both lanes waited
+    assert gate.queues[:3] == [True, False, False], gate.queues
 
 
 def test_model_clock_is_per_thread():

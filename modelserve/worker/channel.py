@@ -42,6 +42,11 @@ class Channel:
                 self._take(ipc.recv_frame(self.sock))
             return self._pending.popleft()
 
+    def ready(self) -> bool:
+        """Whether a frame is here already: a lane asking for a batch now would not wait
+        (the Gate's sign that batches queue for the lanes)."""
+        return bool(self._pending) or bool(select.select([self.sock], [], [], 0)[0])
+
     def poll(self) -> None:
         """Take in every frame that has arrived, without waiting. When another lane is
         reading, it takes them in instead."""

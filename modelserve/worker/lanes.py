@@ -19,7 +19,7 @@ A handler runs in several lanes only when asked (``batch_threads`` in config.yam
 one batch at a time, and some hold objects that two threads must not use at once (a Hugging
 Face tokenizer raises "Already borrowed"). In ``auto`` a worker has one lane per torch thread
 (at most ``AUTO_MAX``, CPU only), of which the ``Gate`` opens the others only where they
-pay: lane 0 is busy all the time (batches wait for it), and the model call takes most of each
+pay: a batch is already waiting whenever lane 0 asks for one, and the model call takes most of each
 batch (lanes that mostly run Python only queue for the GIL) and more than a millisecond.
 Opened where they do not pay, they cost: digits (a model call of ~0.1 ms, the frontend the
 bottleneck) went from 6.1k to 5.1k req/s, p99 x4, with two lanes open.
@@ -44,13 +44,16 @@ log = logging.getLogger("modelserve.worker")
 
 AUTO = 0  # --batch-threads 0: choose (plan)
 AUTO_MAX = 4  # past a few lanes, their Python steps queue for the GIL
-# The Gate's levels, compared with moving averages over batches, at which the other lanes open
-# and close again: the share of time a lane is busy (not waiting for a batch), the model's
-# share of a batch's time, the model's time per batch (s); and the batches between changes.
-# BUSY_CLOSE is the open lanes' work together, in lanes (busy x open): 0.6 of one lane's time,
-# so that the one lane left (on all the threads) is well under BUSY_OPEN and does not reopen.
-# A lane that waited IDLE_S for a batch closes the others at once: the worker sat idle.
-BUSY_OPEN, BUSY_CLOSE = 0.9, 0.6
+# The Gate's levels, compared with moving averages over batches. The other lanes open when
+# the next batch was already here when lane 0 asked for it (QUEUED_OPEN of its batches: a busy
+# lane is not enough, at concurrency 1 it is busy ~90 % of the time with nothing queued behind
+# it). They close when the open lanes together run under BUSY_CLOSE batches at a time (busy x
+# open, busy: the share of a lane's time not waiting for a batch): one request at a time
+# comes to < 1 however the lanes share it, and one lane on all the threads runs it faster.
+# Both need the model's share of a batch's time and the model's time per batch (s) at their
+# levels. SETTLE batches pass between changes, except that a lane that waited IDLE_S for a
+# batch closes the others at once: the worker sat idle.
+QUEUED_OPEN, BUSY_CLOSE = 0.9, 1.0
 SHARE_OPEN, SHARE_CLOSE = 0.6, 0.4
 MODEL_OPEN, MODEL_CLOSE = 0.001, 0.0005
 SETTLE, SMOOTHING, IDLE_S = 16, 0.2, 1.0
@@ -84,7 +87,7 @@ class Gate:
     """How many of the worker's lanes take batches now.
 
     All of them when the count was asked for. In auto, lane 0 alone, on all the worker's
-    threads, until it is busy (BUSY_OPEN of the time) and the model call
+    threads, until batches queue for it (QUEUED_OPEN) and the model call
     (``modelserve.model_clock``) takes SHARE_OPEN of each batch's time and at least
     MODEL_OPEN; all of them, on a share of the threads each, until any of these falls to its
     CLOSE level or a lane waited IDLE_S for work. Each change is sent to the frontend
@@ -96,7 +99,8 @@ class Gate:
         self.threads = threads
         self.adaptive = adaptive and lanes > 1
         self.open = 1 if self.adaptive else lanes
-        self.busy = 0.0  # moving averages
+        self.queued = 0.0  # moving averages
+        self.busy = 0.0
         self.share = 0.0
         self.model_s = 0.0
         self._since = 0  # batches since the last change
@@ -123,12 +127,13 @@ class Gate:
         with self._cond:
             self._cond.notify_all()
 
-    def record(self, waited_s: float, batch_s: float, model_s: float) -> None:
-        """A lane waited ``waited_s`` for a batch that then took ``batch_s``, ``model_s`` of
-        it in model calls."""
+    def record(self, queued: bool, waited_s: float, batch_s: float, model_s: float) -> None:
+        """A lane found its batch already here (``queued``) or waited ``waited_s`` for it; the
+        batch then took ``batch_s``, ``model_s`` of it in model calls."""
         if not self.adaptive or batch_s <= 0:
             return
         with self._cond:
+            self.queued += SMOOTHING * (queued - self.queued)
             self.busy += SMOOTHING * (batch_s / (batch_s + waited_s) - self.busy)
             self.share += SMOOTHING * (min(1.0, model_s / batch_s) - self.share)
             self.model_s += SMOOTHING * (model_s - self.model_s)
@@ -138,7 +143,7 @@ class Gate:
             elif self._since < SETTLE:
                 return
             elif self.open == 1:
-                pays = self.busy >= BUSY_OPEN and self.share >= SHARE_OPEN \
+                pays = self.queued >= QUEUED_OPEN and self.share >= SHARE_OPEN \
                     and self.model_s >= MODEL_OPEN
             else:
                 pays = self.busy * self.open > BUSY_CLOSE and self.share > SHARE_CLOSE \
@@ -147,9 +152,9 @@ class Gate:
             if want == self.open:
                 return
             self.open, self._since = want, 0
-            log.info("%d batch lane(s) open: lanes busy %.0f%% of the time, the model "
-                     "%.1f ms a batch, %.0f%% of its time", want, self.busy * 100,
-                     self.model_s * 1000, self.share * 100)
+            log.info("%d batch lane(s) open: batches queued for %.0f%% of them, lanes busy "
+                     "%.0f%% of the time, the model %.1f ms a batch, %.0f%% of its time", want,
+                     self.queued * 100, self.busy * 100, self.model_s * 1000, self.share * 100)
             self._channel.send({"op": "lanes", "n": want})  # under the lock: in order
             self._cond.notify_all()
 
@@ -176,10 +181,10 @@ def _lane(channel: Channel, runner: BatchRunner, gate: Gate, index: int) -> None
         while gate.wait(index):  # time parked here is not time waiting for work
             if (want := gate.threads_for(index)) != threads:
                 set_torch_threads(threads := want)
-            waiting = time.perf_counter()
+            queued, waiting = channel.ready(), time.perf_counter()
             if (msg := channel.next_batch()) is None:
                 break
-            _run(channel, runner, gate, msg, time.perf_counter() - waiting)
+            _run(channel, runner, gate, msg, queued, time.perf_counter() - waiting)
     except (BrokenPipeError, ConnectionResetError):
         channel.closed = True  # the frontend is gone; the other lanes end with their batch
         gate.wake()
@@ -193,7 +198,7 @@ def _lane(channel: Channel, runner: BatchRunner, gate: Gate, index: int) -> None
 
 
 def _run(channel: Channel, runner: BatchRunner, gate: Gate, msg: dict[str, Any],
-         waited_s: float) -> None:
+         queued: bool, waited_s: float) -> None:
     runner.streamer.begin(msg["id"], len(msg["reqs"]))
     try:
         t0 = time.perf_counter()
@@ -204,4 +209,4 @@ def _run(channel: Channel, runner: BatchRunner, gate: Gate, msg: dict[str, Any],
                       "metrics": metrics})
     finally:
         runner.streamer.end()
-    gate.record(waited_s, seconds, model_clock.take())
+    gate.record(queued, waited_s, seconds, model_clock.take())
