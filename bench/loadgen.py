@@ -111,7 +111,14 @@ async def open_loop(host: str, port: int, request: bytes, rate: float, duration_
         try:
             while True:
                 scheduled = await due.get()
-                status, closes = await _exchange(reader, writer, request)
+                try:
+                    status, closes = await _exchange(reader, writer, request)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # at low rates a connection sits idle past the server's keep-alive
+                    # timeout and is closed: send again on a new one, as HTTP clients do
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+                    status, closes = await _exchange(reader, writer, request)
                 result.latencies_s.append(time.perf_counter() - scheduled)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if closes:
