@@ -21,7 +21,7 @@ async def _keepalive_server() -> asyncio.Server:
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 await reader.readexactly(length)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, asyncio.IncompleteReadError):
             writer.close()
 
     return await asyncio.start_server(handle, "127.0.0.1", 0)
