@@ -181,7 +181,8 @@ def _lane(channel: Channel, runner: BatchRunner, gate: Gate, index: int) -> None
         while gate.wait(index):  # time parked here is not time waiting for work
             if (want := gate.threads_for(index)) != threads:
                 set_torch_threads(threads := want)
-            queued, waiting = channel.ready(), time.perf_counter()
+            # only the adaptive gate reads it: no syscall per batch for a fixed count
+            queued, waiting = gate.adaptive and channel.ready(), time.perf_counter()
             if (msg := channel.next_batch()) is None:
                 break
             _run(channel, runner, gate, msg, queued, time.perf_counter() - waiting)
