@@ -45,7 +45,7 @@ class Channel:
     def ready(self) -> bool:
         """Whether a frame is here already: a lane asking for a batch now would not wait
         (the Gate's sign that batches queue for the lanes)."""
-        return bool(self._pending) or bool(select.select([self.sock], [], [], 0)[0])
+        return bool(self._pending) or self._arrived()
 
     def poll(self) -> None:
         """Take in every frame that has arrived, without waiting. When another lane is
@@ -53,7 +53,7 @@ class Channel:
         if not self._read.acquire(blocking=False):
             return
         try:
-            while not self.closed and select.select([self.sock], [], [], 0)[0]:
+            while not self.closed and self._arrived():
                 self._take(ipc.recv_frame(self.sock))
         finally:
             self._read.release()
@@ -65,6 +65,10 @@ class Channel:
 
     def end(self, batch_id: int) -> None:
         self._cancels.pop(batch_id, None)
+
+    def _arrived(self) -> bool:
+        """Whether the socket has bytes to read now."""
+        return bool(select.select([self.sock], [], [], 0)[0])
 
     def _take(self, msg: dict[str, Any] | None) -> None:
         if msg is None or msg.get("op") == "stop":
