@@ -61,6 +61,13 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return int(head[9:12]), b"connection: close" in lower
 
 
+async def _reopen(writer: asyncio.StreamWriter, host: str,
+                  port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Close a connection the server ended and open its replacement."""
+    writer.close()
+    return await asyncio.open_connection(host, port)
+
+
 async def _connection(host: str, port: int, request: bytes, stop_at: float,
                       result: LoadResult) -> None:
     reader, writer = await asyncio.open_connection(host, port)
@@ -72,8 +79,7 @@ async def _connection(host: str, port: int, request: bytes, stop_at: float,
             latencies.append(time.perf_counter() - now)
             statuses[status] = statuses.get(status, 0) + 1
             if closes:
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await _reopen(writer, host, port)
     finally:
         writer.close()
 
@@ -116,14 +122,12 @@ async def open_loop(host: str, port: int, request: bytes, rate: float, duration_
                 except (asyncio.IncompleteReadError, ConnectionError):
                     # at low rates a connection sits idle past the server's keep-alive
                     # timeout and is closed: send again on a new one, as HTTP clients do
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await _reopen(writer, host, port)
                     status, closes = await _exchange(reader, writer, request)
                 result.latencies_s.append(time.perf_counter() - scheduled)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if closes:
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await _reopen(writer, host, port)
         finally:
             writer.close()
 
