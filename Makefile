@@ -7,21 +7,33 @@ TORCH  ?= torch==2.13.0
 CONFIG ?= config.yaml
 STORE  ?= model_store
 
-.PHONY: serve test install install-dev examples lint bench clean protos
+# What `make` installs is locked (requirements/*.txt, written by `make lock`): the same versions
+# on any day, whatever upstream releases. pyproject.toml keeps the ranges a library user needs.
+SERVE_LOCK := requirements/serve.txt
+DEV_LOCK   := requirements/dev.txt
+# The locks name torch's own dependencies but not torch, installed first as $(TORCH).
+INSTALL    := $(BIN)/python -m pip install -q
+
+.PHONY: serve test install install-dev examples lint bench clean protos lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(INSTALL) -c $(DEV_LOCK) pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[examples]'
+# The project installs without build isolation, with the locked setuptools, so that a new
+# setuptools release cannot change how it builds; `pip check` proves the set is consistent.
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(SERVE_LOCK)
+	$(INSTALL) -c $(SERVE_LOCK) $(TORCH)
+	$(INSTALL) -r $(SERVE_LOCK)
+	$(INSTALL) --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
 # promtool (tests/test_deployment.py checks docker/prometheus with it) comes from Debian's
 # prometheus package; installed once, only where it is missing and apt-get exists.
-$(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed-dev: $(VENV)/.installed $(DEV_LOCK)
+	$(INSTALL) -r $(DEV_LOCK)
+	$(BIN)/python -m pip check
 	@command -v promtool >/dev/null || ! command -v apt-get >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus >/dev/null)
@@ -56,3 +68,20 @@ clean:
 # The gRPC stubs are committed (no protoc at install time); regenerate after editing the .proto.
 protos: $(VENV)/.installed-dev
 	$(BIN)/python -m modelserve.server.protos.generate
+
+# Refresh the locks on purpose (never as a side effect of install): every package moves to its
+# newest release within pyproject.toml's ranges, except the pins in requirements/constraints.in.
+# torch resolves to the CPU build (TORCH_LOCK, from TORCH_LINKS) so that its CUDA wheels stay out.
+UV         ?= uv==0.13.9
+TORCH_LOCK ?= torch==2.13.0+cpu
+TORCH_LINKS ?= /opt/wheels
+LOCK_ARGS   = --python $(BIN)/python --quiet --find-links $(TORCH_LINKS) \
+              --override $(VENV)/torch-override.txt --no-emit-package torch \
+              --custom-compile-command "make lock"
+lock: $(BIN)/python
+	$(INSTALL) $(UV)
+	echo '$(TORCH_LOCK)' > $(VENV)/torch-override.txt
+	$(BIN)/uv pip compile $(LOCK_ARGS) --all-extras pyproject.toml requirements/build.in \
+	  -c requirements/constraints.in -o $(DEV_LOCK)
+	$(BIN)/uv pip compile $(LOCK_ARGS) --extra examples pyproject.toml requirements/build.in \
+	  -c $(DEV_LOCK) -o $(SERVE_LOCK)

@@ -89,6 +89,22 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
     raise AssertionError("condition not met in time")
 
 
+def wait_logged(server, *needles: str, timeout: float = 15.0) -> str:
+    """Wait until every needle is in the server's log and return the log.
+
+    A log line can land after the HTTP answer it belongs to (another thread or process writes
+    it), so a test asserts on the log only by waiting for the very lines it asserts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = server.log()
+        missing = [n for n in needles if n not in log]
+        if not missing:
+            return log
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not logged within {timeout} s: {missing}\n{log[-4000:]}")
+        time.sleep(0.05)
+
+
 def named_processes(title: str, root: int) -> list[int]:
     """Live descendants of ``root`` whose name (``/proc/PID/comm``, 15 characters at most)
     is ``title``: a zygote-forked worker is named ``ms:<model>``."""

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, wait_logged
 
 DENIED = {"code": 401, "type": "InvalidKeyException",
           "message": "Token Authorization failed. Token either incorrect, expired, or not "
@@ -46,7 +46,7 @@ def test_key_file_is_owner_only_with_torchserve_shape(auth_server):
     assert set(data) == {"inference", "management", "API"}
     values = [data[k]["key"] for k in data]
     assert len(set(values)) == 3 and all(len(v) >= 40 for v in values)
-    assert str(path) in auth_server.log()  # the banner says where the keys are
+    wait_logged(auth_server, str(path))  # the banner says where the keys are
 
 
 def test_inference_needs_the_inference_key(auth_server):
@@ -117,7 +117,7 @@ def test_disable_token_auth_setting(model_store, tmp_path):
         assert httpx.post(f"{srv.inference}/predictions/echo", json=1).status_code == 200
         assert httpx.get(f"{srv.management}/models").status_code == 200
         assert not (tmp_path / "work" / "key_file.json").exists()
-        assert "token authorization is disabled" in srv.log()
+        wait_logged(srv, "token authorization is disabled")
     finally:
         srv.stop()
 
@@ -155,7 +155,7 @@ def test_corrupt_key_file_stops_the_server_with_a_clear_message(model_store, tmp
     with pytest.raises(RuntimeError, match="exited early"):
         srv.start(timeout=30)
     assert srv.proc is not None and srv.proc.wait(10) == 2
-    assert "unreadable key file" in srv.log() and "delete it to get new keys" in srv.log()
+    wait_logged(srv, "unreadable key file", "delete it to get new keys")
 
 
 def test_oip_v2_rest_and_grpc_need_the_inference_key(auth_server):

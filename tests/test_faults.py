@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, handler_archive, named_processes, pid_alive, wait_for
+from tests.conftest import (
+    Server,
+    handler_archive,
+    named_processes,
+    pid_alive,
+    wait_for,
+    wait_logged,
+)
 
 FAULT_HANDLER = textwrap.dedent('''
     """Test handler: echoes, sleeps, or dies on request; may load slowly."""
@@ -108,7 +115,7 @@ def test_sigkill_under_load_retries_inflight_requests_on_another_worker(make_ser
         responses = [f.result(timeout=60) for f in futures]
     assert [r.status_code for r in responses] == [200] * 24, [r.text for r in responses]
     assert sorted(r.json()["echo"]["i"] for r in responses) == list(range(24))
-    assert "retrying" in srv.log() and "killed by signal SIGKILL" in srv.log()
+    wait_logged(srv, "retrying", "killed by signal SIGKILL")
     # restarted with backoff: two ready workers again, the victim among neither
     pids = wait_for(lambda: len(ready_pids(srv)) == 2 and ready_pids(srv))
     assert victim not in pids
@@ -123,8 +130,7 @@ def test_worker_death_cause_reaches_the_client_and_the_log(make_server):
     assert body["type"] == "WorkerDiedException"
     assert "exit code 3" in body["message"], body
     assert "dying on purpose" in body["message"], body
-    log = srv.log()
-    assert "exit code 3" in log and "dying on purpose" in log
+    wait_logged(srv, "exit code 3", "dying on purpose")
     wait_for(lambda: ready_pids(srv))
     assert predict(srv, {"ok": 1}).status_code == 200
 
@@ -150,7 +156,7 @@ def test_crash_looping_model_is_marked_unhealthy(make_server):
     assert (ping.status_code, ping.json()) == (500, {"status": "Unhealthy"})
     info = describe(srv)
     assert "exit code 5" in info["lastWorkerDeath"]
-    assert "crash-looping" in srv.log()
+    wait_logged(srv, "crash-looping")
 
 
 def test_stuck_worker_is_answered_504_and_recycled(make_server):
@@ -170,7 +176,7 @@ def test_stuck_worker_is_answered_504_and_recycled(make_server):
     new = wait_for(lambda: ready_pids(srv, "stuck"))
     assert pid not in new
     assert predict(srv, {"ok": 1}, name="stuck").status_code == 200
-    assert "recycled after exceeding response_timeout" in srv.log()
+    wait_logged(srv, "recycled after exceeding response_timeout")
     # the reset of its socket is not taken for a protocol error
     assert describe(srv, "stuck")["lastWorkerDeath"].startswith(
         "recycled after exceeding response_timeout 1s; killed by signal SIGKILL")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from modelserve.cli import DIGIT_ZERO
-from tests.conftest import copy_archive, pid_alive, wait_for
+from tests.conftest import copy_archive, pid_alive, wait_for, wait_logged
 from tests.test_archive_attacks import HANDLER, manifest, zip_archive
 
 
@@ -214,7 +214,7 @@ def test_killed_worker_is_replaced_and_requests_succeed(server):
     for i in range(5):
         r = httpx.post(f"{server.inference}/predictions/echo", json={"n": i})
         assert r.status_code == 200 and r.json()["echo"] == {"n": i}
-    assert "killed by signal SIGKILL" in server.log()
+    wait_logged(server, "killed by signal SIGKILL")
 
 
 def test_inflight_requests_on_a_killed_worker_get_a_clear_error(server):
@@ -334,9 +334,10 @@ def test_access_log_is_json_lines(isolated_server):
                    headers={"X-Request-ID": "req-42"})
     assert r.status_code == 200
     httpx.post(f"{isolated_server.inference}/predictions/nope", json={})
-    wait_for(lambda: "req-42" in isolated_server.log(), timeout=10)
+    # both lines asserted on are waited for: the access log is written after the answer
+    log = wait_logged(isolated_server, '"req-42"', '"/predictions/nope"')
     lines = [json.loads(line.split("modelserve.access: ", 1)[1])
-             for line in isolated_server.log().splitlines() if "modelserve.access: " in line]
+             for line in log.splitlines() if "modelserve.access: " in line]
     [entry] = [e for e in lines if e["request_id"] == "req-42"]
     assert entry["model"] == "echo" and entry["status"] == 200 and entry["batch_size"] == 1
     assert entry["path"] == "/predictions/echo" and entry["latency_ms"] > 0

@@ -25,7 +25,7 @@ import yaml
 from modelserve.archive import create_archive, open_archive, reader
 from modelserve.handlers import runtimes
 from modelserve.handlers.base_handler import compile_options
-from tests.conftest import Server
+from tests.conftest import Server, wait_logged
 
 TINY_MODEL = textwrap.dedent('''
     """A tiny conv net for 1x8x8 inputs."""
@@ -142,8 +142,7 @@ def test_exported_formats_take_any_batch_size(tiny, tmp_path, fmt):
 
 
 def test_compile_is_warmed_up_before_ready_and_timed(tiny, tiny_server):
-    log = tiny_server.log()
-    assert "compiled and warmed up in" in log
+    wait_logged(tiny_server, "compiled and warmed up in")
     start = time.perf_counter()
     _predict_all(tiny_server, "tiny_compile", tiny["inputs"][:1])
     assert time.perf_counter() - start < 2, "the first request paid for compiling"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from modelserve.archive import create_archive
-from tests.conftest import ECHO_HANDLER, Server
+from tests.conftest import ECHO_HANDLER, Server, wait_logged
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_models_versions_defaults_and_workers_survive_a_restart(versioned_store,
         assert r.status_code == 200
         added = describe(srv, "added")[0]  # in load_models, not in the snapshot
         assert (added["modelVersion"], added["minWorkers"], added["batchSize"]) == ("2.0", 1, 1)
-        assert "restoring 2 model version(s)" in srv.log()
+        wait_logged(srv, "restoring 2 model version(s)")
     finally:
         srv.stop()
 
@@ -87,7 +87,7 @@ def test_corrupt_snapshot_is_set_aside_and_the_server_starts(versioned_store, tm
     state.write_text('{"format": 1, "models": [{"name": "echo", "url": ')  # cut short
     srv.start()
     try:
-        assert "is corrupt" in srv.log() and "starting without it" in srv.log()
+        wait_logged(srv, "is corrupt", "starting without it")
         aside = list(state.parent.glob("models.json.corrupt-*"))
         assert len(aside) == 1 and aside[0].read_text().endswith('"url": ')
         # started from load_models, and wrote a good snapshot again

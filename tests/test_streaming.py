@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from modelserve.server.streaming import sse_event
-from tests.conftest import COUNTED_CHUNKS, Server, handler_archive, wait_for
+from tests.conftest import COUNTED_CHUNKS, Server, handler_archive, wait_for, wait_logged
 
 GEN_HANDLER = textwrap.dedent('''
     """A generator per request; body: n, delay, tag, fail_at, count_file, plain, sleep, boom."""
@@ -415,7 +415,7 @@ def test_error_mid_stream_ends_it_and_the_worker_keeps_serving(stream_server):
     pid = got[0]["pid"]
     r = httpx.post(url(stream_server, "gen"), json={"plain": True}, timeout=30)
     assert r.status_code == 200 and r.json()["pid"] == pid
-    assert "failed at chunk 2" in stream_server.log()
+    wait_logged(stream_server, "failed at chunk 2")
 
 
 def test_response_timeout_is_the_time_between_chunks(stream_server):
@@ -429,7 +429,7 @@ def test_response_timeout_is_the_time_between_chunks(stream_server):
             for line in r.iter_lines():
                 got.append(line)
     assert len(got) == 1
-    assert "response_timeout" in stream_server.log()
+    wait_logged(stream_server, "response_timeout")
 
 
 # -- the rest is unchanged -------------------------------------------------------------------

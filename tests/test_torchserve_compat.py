@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from modelserve.cli import DIGIT_ZERO
-from tests.conftest import Server, child_pids
+from tests.conftest import Server, child_pids, wait_logged
 
 ARCHIVER = [sys.executable, "-m", "model_archiver.model_packaging"]
 FORMATS = ["default", "tgz", "no-archive", "zip-store"]
@@ -365,7 +365,7 @@ def test_start_with_torchserve_config_properties(ts_store, tmp_path):
         assert desc["maxBatchDelay"] == 7         # model-config.yaml beats models={...}
         assert httpx.post(f"{srv.inference}/predictions/tsdigits",
                           json=DIGIT_ZERO).json()["label"] == "zero"
-        assert "number_of_netty_threads" in srv.log()  # reported, not silently dropped
+        wait_logged(srv, "number_of_netty_threads")  # reported, not silently dropped
     finally:
         assert not srv.stop()
 
@@ -378,4 +378,4 @@ def test_requirements_are_not_installed_unless_enabled(server, ts_store):
     r = register(server, url="tsnodeps.mar", model_name="tsnodeps")
     assert r.status_code == 500
     assert "No module named 'msdeptest'" in r.json()["message"]
-    assert "install_py_dep_per_model is false" in server.log()
+    wait_logged(server, "install_py_dep_per_model is false")

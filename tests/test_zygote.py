@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, child_pids, pid_alive, ppid, wait_for
+from tests.conftest import Server, child_pids, pid_alive, ppid, wait_for, wait_logged
 
 DIGIT = {"data": [0.0] * 64}
 
@@ -94,7 +94,7 @@ def test_a_killed_zygote_takes_its_workers_and_both_come_back(make_server):
     assert again != zygote
     assert all(ppid(pid) == again for pid in ready_pids(srv))
     assert predict_ok(srv)
-    assert "worker zygote" in srv.log() and "exited" in srv.log()
+    wait_logged(srv, "worker zygote", "exited")
 
 
 def test_a_worker_forked_after_its_launch_was_abandoned_is_killed(
