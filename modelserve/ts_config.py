@@ -9,7 +9,9 @@ defaults).
 Each entry of ``TsConfig.warnings`` names its key first. ``"KEY: ignored, ..."`` entries are
 informational: the key has no effect here and none is needed. ``"KEY...: not supported, ..."``
 entries mean TorchServe would behave differently; ``"KEY: unknown TorchServe key, ..."``
-entries are probably typos. Other entries explain how a mapped value was read.
+entries are probably typos. Other entries explain how a mapped value was read. The keys that
+set nothing here, and their warnings, are in ``modelserve.ts_unmapped``; the file's Java
+syntax is read by the javaproperties library.
 """
 
 from __future__ import annotations
@@ -17,85 +19,40 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelserve.config import ModelConfig, Settings
+import javaproperties
+
+from modelserve.config import ModelConfig
+from modelserve.ts_unmapped import java_bool, unmapped_warning
 
 __all__ = ["TsConfig", "parse_properties", "read_ts_config"]
 
-# -- Java .properties syntax ----------------------------------------------------------------
+# -- the .properties syntax -----------------------------------------------------------------
 
-_WHITESPACE = " \t\f"
-_NEWLINE = re.compile(r"\r\n|\r|\n")
-_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|u|.|$)", re.DOTALL)
-_ESCAPED_CHARS = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+_LINE_END = re.compile(r"(\r\n|\r|\n)")
+_BLANKS = " \t\f"  # Java's whitespace in .properties; no other character is
 # TorchServe's own syntax is $$VAR$$ (ConfigManager.resolveEnvVarVals); ${VAR} is accepted too.
 _ENV_REFERENCE = re.compile(
     r"\$\$([A-Za-z_][A-Za-z0-9_]*)\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
 )
 
 
-def _odd_backslashes(text: str) -> bool:
-    """True when ``text`` ends with an unescaped backslash."""
-    return (len(text) - len(text.rstrip("\\"))) % 2 == 1
-
-
-def _logical_lines(text: str) -> Iterator[str]:
-    """Join continued lines; skip blank and comment lines (``#`` or ``!`` first).
-
-    As in Java, a continuation line loses its leading whitespace and is never a comment, and
-    the backslash must end the line (``\\ `` before the line end is an escaped space).
-    """
-    parts: list[str] = []
-    for natural in _NEWLINE.split(text):
-        line = natural.lstrip(_WHITESPACE)
-        if not parts and (not line or line[0] in "#!"):
-            continue
-        if _odd_backslashes(line):
-            parts.append(line[:-1])
-            continue
-        parts.append(line)
-        yield "".join(parts)
-        parts = []
-    if parts:
-        yield "".join(parts)
-
-
-def _split_key_value(line: str) -> tuple[str, str]:
-    """Key up to the first unescaped ``=``, ``:`` or whitespace; the value after it."""
-    i = 0
-    while i < len(line) and line[i] not in "=:" + _WHITESPACE:
-        i += 2 if line[i] == "\\" else 1
-    key, separator = line[:i], line[i : i + 1]
-    value = line[i + 1 :].lstrip(_WHITESPACE)
-    if separator in _WHITESPACE and value[:1] in ("=", ":"):
-        value = value[1:].lstrip(_WHITESPACE)
-    return key, _trim_end(value)
-
-
-def _trim_end(value: str) -> str:
-    """Drop trailing whitespace, except one escaped space (``\\ ``)."""
-    trimmed = value.rstrip(_WHITESPACE)
-    if trimmed != value and _odd_backslashes(trimmed):
-        return value[: len(trimmed) + 1]
+def _trim_end(line: str) -> str:
+    """Drop a physical line's trailing whitespace, but an escaped blank (``\\ ``) stays."""
+    trimmed = line.rstrip(_BLANKS)
+    if trimmed != line and (len(trimmed) - len(trimmed.rstrip("\\"))) % 2:
+        return line[: len(trimmed) + 1]
     return trimmed
 
 
-def _unescape(text: str) -> str:
-    """Java's escapes: ``\\t \\n \\r \\f``, ``\\uXXXX``; any other ``\\c`` is ``c``."""
-
-    def one(match: re.Match[str]) -> str:
-        escaped = match.group(1)
-        if escaped == "u":
-            raise ValueError("malformed \\uXXXX escape")
-        if len(escaped) == 5:
-            return chr(int(escaped[1:], 16))
-        return _ESCAPED_CHARS.get(escaped, escaped)
-
-    return _ESCAPE.sub(one, text)
+def _trim_line_ends(text: str) -> str:
+    parts = _LINE_END.split(text)  # line, line end, line, ..., line
+    parts[::2] = [_trim_end(line) for line in parts[::2]]
+    return "".join(parts)
 
 
 def _expand(key: str, value: str, env: Mapping[str, str]) -> str:
@@ -113,18 +70,24 @@ def _expand(key: str, value: str, env: Mapping[str, str]) -> str:
 def parse_properties(text: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Parse config.properties text as TorchServe does (``java.util.Properties.load``).
 
-    Separators ``=``, ``:`` or whitespace; ``#``/``!`` comments; backslash continuation;
-    Java escapes; surrounding whitespace trimmed; the last of repeated keys wins. Then
-    environment references in values are expanded from ``env`` (default ``os.environ``).
+    The syntax (separators, comments, continued lines, escapes; the last of repeated keys
+    wins) is javaproperties', which gives what Java 17's ``Properties.load`` gives on
+    TorchServe's own files and on every escape case in tests/test_ts_config.py. Two steps
+    are added. Unescaped whitespace at the end of a line is dropped first: Java keeps it, so
+    TorchServe reads ``ipex_enable=true `` (sic, in one of its own examples) as false, a trap
+    no one means. ``$$VAR$$`` and ``${VAR}`` in values are then expanded from ``env``
+    (default ``os.environ``), as TorchServe's ConfigManager does.
     """
     environ = os.environ if env is None else env
     props: dict[str, str] = {}
-    for line in _logical_lines(text):
-        key, value = _split_key_value(line)
-        try:
-            props[_unescape(key)] = _unescape(value)
-        except ValueError as exc:  # the value may be a secret: name the key only
-            raise ValueError(f"{key}: {exc}") from None
+    line = 1
+    try:
+        for entry in javaproperties.parse(_trim_line_ends(text)):
+            if isinstance(entry, javaproperties.KeyValue):
+                props[entry.key] = entry.value
+            line += len(_LINE_END.findall(entry.source))
+    except javaproperties.InvalidUEscapeError:  # its message quotes the value: a secret?
+        raise ValueError(f"line {line}: malformed \\uXXXX escape") from None
     return {key: _expand(key, value, environ) for key, value in props.items()}
 
 
@@ -147,15 +110,10 @@ def _seconds(key: str, value: str, warnings: Warnings) -> float:
         raise ValueError(f"{key}: expected a number of seconds, got {value!r}") from None
 
 
-def _java_bool(value: str) -> bool:
-    """``Boolean.parseBoolean``: "true" in any case is true, anything else false."""
-    return value.strip().lower() == "true"
-
-
 def _boolean(key: str, value: str, warnings: Warnings) -> bool:
     if value.strip().lower() not in ("true", "false"):
         warnings.append(f"{key}: {value!r} is not true or false; read as false, as TorchServe does")
-    return _java_bool(value)
+    return java_bool(value)
 
 
 def _path(key: str, value: str, warnings: Warnings) -> str:
@@ -345,184 +303,6 @@ def _map_addresses(props: Mapping[str, str], config: TsConfig) -> None:
         config.settings["host"] = host
 
 
-# -- keys with no setting here --------------------------------------------------------------
-
-
-def _always(value: str) -> bool:
-    return True
-
-
-def _never(value: str) -> bool:
-    return False
-
-
-def _when_false(value: str) -> bool:
-    return not _java_bool(value)
-
-
-def _when_empty(value: str) -> bool:
-    return not value.strip()
-
-
-def _when_prometheus(value: str) -> bool:
-    return value.strip().lower() == "prometheus"
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """Why a key sets nothing here, and for which values that changes nothing."""
-
-    note: str
-    harmless: Callable[[str], bool] = _never  # False: the entry says "not supported"
-    show_value: bool = False
-
-
-def _harmless(note: str) -> _Rule:
-    """No effect here, whatever the value, and none is needed."""
-    return _Rule(note, _always)
-
-
-def _unsupported(note: str) -> _Rule:
-    """TorchServe would do something here that modelserve does not."""
-    return _Rule(note)
-
-
-def _depends(harmless: Callable[[str], bool], note: str) -> _Rule:
-    """Harmless for some values only; the warning then shows the value."""
-    return _Rule(note, harmless, show_value=True)
-
-
-_NETTY = _harmless("the frontend is one asyncio event loop (uvicorn); no Netty threads")
-_NETTY_IO = _harmless("Netty I/O setting; the frontend runs on uvloop")
-_SNAPSHOT_FIELD = _harmless("written by TorchServe into its snapshots; informational")
-_NO_SYSTEM_METRICS = "TorchServe's system metrics (CPU, memory, disk, GPU) are not collected here"
-_TLS = _unsupported("modelserve has no TLS; terminate TLS in a proxy in front")
-_GRPC = _unsupported("TorchServe's gRPC APIs are not served (modelserve's OIP v2 gRPC "
-                      "has its own grpc_inference_port setting)")
-_CORS = _unsupported("no CORS headers are sent; add them in a proxy in front")
-_SEQUENCE = _unsupported("modelserve has no sequence batching (stateful models)")
-_IPEX = _depends(_when_false, "Intel Extension for PyTorch is never applied here")
-_CPU_LAUNCHER = (
-    "workers are not started through torch's CPU launcher; threads_per_worker sets their threads"
-)
-
-_IGNORED: dict[str, _Rule] = {
-    # JVM, Netty and launcher internals: nothing to tune here.
-    "number_of_netty_threads": _NETTY,
-    "netty_client_threads": _NETTY,
-    "use_native_io": _NETTY_IO,
-    "io_ratio": _NETTY_IO,
-    "prefer_direct_buffer": _harmless("JVM memory setting; there is no JVM here"),
-    "vmargs": _harmless("JVM options; there is no JVM here"),
-    "async_logging": _harmless("log4j setting; modelserve logs through Python logging "
-                               "(log_level)"),
-    "model_server_home": _harmless("TorchServe's install directory; none is needed"),
-    "initial_worker_port": _harmless("workers talk to the frontend over Unix socket pairs, "
-                                     "not ports"),
-    "initial_distribution_port": _harmless("torchrun is not used, so no distribution ports"),
-    "cpp_log_config": _harmless("there is no C++ backend here"),
-    "unregister_model_timeout": _harmless("unregistering gives each worker modelserve's own "
-                                          "grace period to finish its batches"),
-    "snapshot_store": _harmless("modelserve keeps its own snapshot (state_dir/models.json), "
-                                "not TorchServe's config snapshots"),
-    "tsConfigFile": _SNAPSHOT_FIELD,
-    "version": _SNAPSHOT_FIELD,
-    "use_env_allowed_urls": _harmless("TS_ALLOWED_URLS is never read here (note: "
-                                      "MODELSERVE_ALLOWED_URLS always is)"),
-    # Metrics: always Prometheus text on metrics_port.
-    "metrics_format": _harmless("metrics are always in Prometheus format here"),
-    "metrics_config": _harmless("metrics.yaml is not read: the frontend's metrics are fixed "
-                                "and handler metrics appear on /metrics as they are emitted"),
-    "model_metrics_auto_detect": _harmless("handler metrics are always exported, without "
-                                           "being declared"),
-    "metric_time_interval": _harmless("it paces TorchServe's system metrics, which are not "
-                                      "collected here; /metrics is computed at each scrape"),
-    "metrics_mode": _depends(_when_prometheus, "metrics are always in Prometheus format on "
-                             "/metrics here, never written to log files"),
-    "enable_metrics_api": _depends(_java_bool, "the metrics API on metrics_port is always on "
-                                   "here; keep the port private if it must not be read"),
-    "disable_system_metrics": _depends(_java_bool, _NO_SYSTEM_METRICS),
-    "system_metrics_cmd": _unsupported(_NO_SYSTEM_METRICS),
-    # Request handling.
-    "decode_input_request": _depends(_java_bool, "request bodies are always decoded here "
-                                     "(JSON parsed, text/* as str), as TorchServe does with "
-                                     "true"),
-    "limit_max_image_pixels": _depends(_java_bool, "handlers always see "
-                                       "limit_max_image_pixels=True here (PIL's limit "
-                                       "applies)"),
-    "ts_open_inference_protocol": _depends(_when_false, "only TorchServe's REST inference "
-                                           "API is served here"),
-    "service_envelope": _unsupported("request envelopes (json, kserve, kservev2) are not "
-                                     "applied; handlers get TorchServe's plain request dicts"),
-    "default_service_handler": _unsupported("an archive must name its handler in its "
-                                            "manifest"),
-    "ts_header_key_sequence_id": _SEQUENCE,
-    "ts_header_key_sequence_start": _SEQUENCE,
-    "ts_header_key_sequence_end": _SEQUENCE,
-    # Security: modelserve has no TLS, CORS or environment filter.
-    "keystore": _TLS,
-    "keystore_pass": _TLS,
-    "keystore_type": _TLS,
-    "private_key_file": _TLS,
-    "certificate_file": _TLS,
-    "cors_allowed_origin": _CORS,
-    "cors_allowed_methods": _CORS,
-    "cors_allowed_headers": _CORS,
-    "token_expiration_min": _harmless("modelserve's keys do not expire; rotate them with "
-                                      "GET /token?type= and the API key"),
-    "blacklist_env_vars": _depends(_when_empty, "workers inherit the server's whole "
-                                   "environment; unset secrets before starting modelserve"),
-    "enable_envvars_config": _depends(_when_false, "TS_<KEY> environment variables are never "
-                                      "read here; MODELSERVE_<KEY> ones always are"),
-    # Features modelserve does not have.
-    "number_of_gpu": _unsupported("every visible GPU is used (worker i on cuda:i mod n); "
-                                  "limit them with CUDA_VISIBLE_DEVICES (empty: CPU only)"),
-    "ipex_enable": _IPEX,
-    "ipex_gpu_enable": _IPEX,
-    "cpu_launcher_enable": _depends(_when_false, _CPU_LAUNCHER),
-    "cpu_launcher_args": _unsupported(_CPU_LAUNCHER),
-    "debug": _depends(_when_false, "TorchServe's debug mode (one worker per model, started "
-                      "by hand) has no equivalent; log_level=debug gives verbose logs"),
-    "python": _unsupported("workers run on the interpreter that runs modelserve"),
-    "plugins_path": _unsupported("TorchServe's Java plugins (endpoints, snapshot "
-                                 "serializers) cannot load here"),
-    "workflow_store": _unsupported("modelserve serves no workflows (.war archives)"),
-    "model_snapshot": _unsupported("TorchServe's snapshots are not read (modelserve keeps "
-                                   "its own); name the models in load_models"),
-    "grpc_inference_address": _GRPC,
-    "grpc_management_address": _GRPC,
-    "grpc_inference_port": _GRPC,
-    "grpc_management_port": _GRPC,
-    "grpc_inference_max_connection_age_ms": _GRPC,
-    "grpc_management_max_connection_age_ms": _GRPC,
-    "grpc_inference_max_connection_age_grace_ms": _GRPC,
-    "grpc_management_max_connection_age_grace_ms": _GRPC,
-    "enable_grpc_ssl": _GRPC,
-}
-
-# Keys TorchServe may add within these families get their family's rule.
-_FAMILIES = {"grpc_": _GRPC, "cors_": _CORS}
-
-
-def _rule_for(key: str) -> _Rule | None:
-    if key in _IGNORED:
-        return _IGNORED[key]
-    return next((rule for prefix, rule in _FAMILIES.items() if key.startswith(prefix)), None)
-
-
-def _unmapped_warning(key: str, value: str) -> str:
-    """The one warnings entry for a key that sets nothing here."""
-    rule = _rule_for(key)
-    if rule is None:
-        hint = ""
-        if key in Settings.model_fields:
-            hint = f" (a modelserve setting: put it in config.yaml or MODELSERVE_{key.upper()})"
-        return f"{key}: unknown TorchServe key, ignored{hint}"
-    label = f"{key}={value.strip()}" if rule.show_value else key
-    verdict = "ignored" if rule.harmless(value) else "not supported"
-    return f"{label}: {verdict}, {rule.note}"
-
-
 # -- the file -------------------------------------------------------------------------------
 
 
@@ -559,5 +339,5 @@ def read_ts_config(path: Path) -> TsConfig:
             name, convert = _MAPPED[key]
             config.settings[name] = convert(key, value, config.warnings)
         else:
-            config.warnings.append(_unmapped_warning(key, value))
+            config.warnings.append(unmapped_warning(key, value))
     return config

@@ -1,4 +1,8 @@
-"""TorchServe config.properties: the parser, the key mapping, and the warnings."""
+"""TorchServe config.properties: the parser, the key mapping, and the warnings.
+
+The parser's expected values are what Java 17's ``java.util.Properties.load`` gives for the
+same text (TorchServe reads its file with it), except where a test says otherwise.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modelserve import ts_config
+from modelserve import ts_config, ts_unmapped
 from modelserve.config import Settings
 from modelserve.ts_config import TsConfig, parse_properties, read_ts_config
 
@@ -29,6 +33,7 @@ def warnings_for(config: TsConfig, key: str) -> list[str]:
 
 
 def test_separators_and_trimming():
+    """Java would keep d's trailing blanks ("4   "); modelserve drops them on purpose."""
     text = "a=1\nb: 2\nc 3\n  d  =   4   \ne:5\nf\t6\ng  = 7\nh   :  8\nempty=\nbare\n"
     assert parse_properties(text, env={}) == {
         "a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6", "g": "7", "h": "8",
@@ -54,6 +59,7 @@ def test_continuation_lines():
 
 
 def test_backslash_space_is_an_escaped_space_not_a_continuation():
+    # Java gives "one   ": the escaped space stays, the unescaped blanks after it are trimmed
     assert parse_properties("a=one\\   \nb=two\n", env={}) == {"a": "one ", "b": "two"}
 
 
@@ -70,14 +76,67 @@ def test_escapes():
     }
 
 
-def test_malformed_unicode_escape():
-    with pytest.raises(ValueError, match="a: malformed .uXXXX escape") as caught:
-        parse_properties("a=secret\\u12\n", env={})
-    assert "secret" not in str(caught.value)
+@pytest.mark.parametrize("text, line", [
+    ("a=secret\\u12\n", 1),
+    ("# c\nb=1\\\n  2\r\n\na=pass\\uword\n", 5),  # the line of the bad entry
+    ("a=\\u", 1),
+])
+def test_malformed_unicode_escape(text, line):
+    """Java refuses the file ("Malformed \\uxxxx encoding"); the error names the line and
+    echoes nothing of the value, which may be a secret."""
+    with pytest.raises(ValueError, match=rf"^line {line}: malformed .uXXXX escape$") as caught:
+        parse_properties(text, env={})
+    assert not re.search("secret|word", str(caught.value))
 
 
 def test_crlf_and_repeated_keys():
     assert parse_properties("a=1\r\nb=2\r\na=3\r\n", env={}) == {"a": "3", "b": "2"}
+
+
+# Each expected value is what Java 17's Properties.load printed for the same text.
+JAVA_CASES = {
+    "unicode escapes in keys": (
+        "caf\\u00e9=1\nup=\\u00E9\nsep\\u003dkey=c\n",
+        {"café": "1", "up": "é", "sep=key": "c"}),
+    "surrogate pair": ("emoji=\\ud83d\\ude00\n", {"emoji": "\U0001f600"}),
+    "lone surrogate": ("a=\\ud83d\nb=x\n", {"a": "\ud83d", "b": "x"}),
+    "escaped space, backslash and separator in keys": (
+        "my\\ key=v\nk\\\\=v2\nk3\\\\\\=x=v3\na\\ \\ b c\n",
+        {"my key": "v", "k\\": "v2", "k3\\=x": "v3", "a  b": "c"}),
+    "control escapes; any other is the character": (
+        "a=\\n\\r\\f\\t|\\b\\\"\\'\\U0041\na\\nb=c\n",
+        {"a": "\n\r\f\t|b\"'U0041", "a\nb": "c"}),
+    "an escaped backslash before u": ("a=\\\\u0041\n", {"a": "\\u0041"}),
+    "escaped spaces by \\u0020 survive trimming": (
+        "a=\\u0020x\nb=x\\u0020\n", {"a": " x", "b": "x "}),
+    "backslash at the end of the file": ("a=x\\", {"a": "x"}),
+    "three backslashes at the end of the file": ("a=b\\\\\\", {"a": "b\\"}),
+    "continued onto a blank last line": ("a=\\\n   ", {"a": ""}),
+    "CR line ends": ("a=1\rb=2\r", {"a": "1", "b": "2"}),
+    "mixed line ends": ("a=1\r\r\nb=2\n\rc=3", {"a": "1", "b": "2", "c": "3"}),
+    "CRLF continuation": ("a=1\\\r\n  2\r\nb=3\r\n", {"a": "12", "b": "3"}),
+    "continuation onto an empty line ends the value": (
+        "a=1\\\r\n\r\nb=2\r\n", {"a": "1", "b": "2"}),
+    "form feed is whitespace": (
+        "a\f1\nb\f=\f2\n\f\fc=3\n\f# comment\nd=1\\\n\f\f2\n",
+        {"a": "1", "b": "2", "c": "3", "d": "12"}),
+    "other blanks are not": ("a\x0b1\n\x0bb=2\nc\xa03\n",
+                             {"a\x0b1": "", "\x0bb": "2", "c\xa03": ""}),
+    "only CR and LF end lines": ("a=1\x85b\x1cc\u2028d\n", {"a": "1\x85b\x1cc\u2028d"}),
+    "a comment does not continue": ("# comment \\\na=1\n", {"a": "1"}),
+    "# and ! inside a key": ("a#b=c\na!b=d\n\\#x=1\n", {"a#b": "c", "a!b": "d", "#x": "1"}),
+    "empty keys": ("=value\n:v2\n", {"": "v2"}),
+    "a key continued": ("a\\\n b=c\n", {"ab": "c"}),
+    "a lone backslash line": ("\\\na=1\n", {"a": "1"}),
+    "only the first separator counts": (
+        "a==b\na2::b\na3 : = b\na4 \t = \t b\n",
+        {"a": "=b", "a2": ":b", "a3": "= b", "a4": "b"}),
+}
+
+
+@pytest.mark.parametrize("text, expected", JAVA_CASES.values(), ids=JAVA_CASES)
+def test_what_java_reads(text, expected):
+    assert parse_properties(text, env={}) == expected
 
 
 def test_environment_expansion(monkeypatch):
@@ -250,7 +309,7 @@ def test_unknown_per_model_key_warns(tmp_path):
 # -- keys with no setting here --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", sorted(ts_config._IGNORED))
+@pytest.mark.parametrize("key", sorted(ts_unmapped.IGNORED))
 def test_every_ignored_key_warns_once_naming_it(tmp_path, key):
     config = read(tmp_path, f"{key}=x\n")
     assert config.settings == {}
@@ -417,6 +476,6 @@ def test_docs_list_every_known_key():
     """docs/torchserve-config.md has a row for every key the code maps or ignores."""
     doc = (REPO / "docs" / "torchserve-config.md").read_text()
     rows = set(re.findall(r"^\| `([A-Za-z_]+)(?:=[^`]*)?` \|", doc, flags=re.MULTILINE))
-    known = set(ts_config._MAPPED) | set(ts_config._PORT_FIELDS) | set(ts_config._IGNORED)
+    known = set(ts_config._MAPPED) | set(ts_config._PORT_FIELDS) | set(ts_unmapped.IGNORED)
     assert known - rows == set()
     assert rows - known == set()
