@@ -14,7 +14,8 @@ DEV_LOCK   := requirements/dev.txt
 # The locks name torch's own dependencies but not torch, installed first as $(TORCH).
 INSTALL    := $(BIN)/python -m pip install -q
 
-.PHONY: serve test install install-dev examples lint bench clean protos lock
+.PHONY: serve test test-unit test-integration install install-dev examples lint bench clean \
+        protos lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(SERVE_LOCK)
 	$(BIN)/python -m pip check
 	touch $@
 
-# promtool (tests/test_deployment.py checks docker/prometheus with it) comes from Debian's
+# promtool (tests/integration/test_deployment.py checks docker/prometheus with it) comes from Debian's
 # prometheus package; installed once, only where it is missing and apt-get exists.
 $(VENV)/.installed-dev: $(VENV)/.installed $(DEV_LOCK)
 	$(INSTALL) -r $(DEV_LOCK)
@@ -70,9 +71,17 @@ examples: $(STORE)/.built
 serve: examples
 	$(BIN)/modelserve start --config $(CONFIG)
 
+# tests/unit: no processes, no sockets (their conftest refuses both), well under a minute;
+# tests/integration: real servers on free loopback ports, real workers, real tools.
 test: install-dev
 	$(BIN)/ruff check modelserve tests bench docker
 	$(BIN)/python -m pytest -q
+
+test-unit: install-dev
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install-dev
+	$(BIN)/python -m pytest -q tests/integration
 
 lint: install-dev
 	$(BIN)/ruff check modelserve tests bench docker
@@ -85,7 +94,7 @@ clean:
 
 # The gRPC stubs are committed (no protoc at install time); regenerate after editing the .proto.
 protos: $(VENV)/.installed-dev
-	$(BIN)/python -m modelserve.server.protos.generate
+	$(BIN)/python -m modelserve.server.transport.v2.protos.generate
 
 # Refresh the locks on purpose (never as a side effect of install): every package moves to its
 # newest release within pyproject.toml's ranges, except the pins in requirements/constraints.in.

@@ -153,7 +153,7 @@ def start_modelserve(store: Path, archives: list[str], work: Path) -> tuple:
         "model_store": str(store), "load_models": [f"{a[:-4]}={a}" for a in archives],
         "workdir": str(work / f"ms-{archives[0][:-4]}"), "log_level": "warning",
         "model_snapshot": False, "grpc_inference_port": free_port(),
-        "disable_token_auth": True,  # measure serving, not auth (tests/test_auth.py covers it)
+        "disable_token_auth": True,  # measure serving, not auth (test_auth.py covers it)
     }))
     proc = subprocess.Popen([sys.executable, "-m", "modelserve", "start", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -2,7 +2,7 @@
 
 Every operation gets ``--examples`` generated calls, positive and negative (bad types, missing
 parameters, odd bodies); any 5xx, or a server that stops answering /ping, is a failure.
-tests/test_fuzz.py runs a short pass in the suite; this script runs a longer one:
+tests/integration/test_fuzz.py runs a short pass in the suite; this script runs a longer one:
 
     python bench/fuzz_api.py --model-store model_store --examples 200
 

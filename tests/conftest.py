@@ -141,7 +141,7 @@ class Server:
     extra_config: dict = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
-    # Token auth is off in tests unless a test opts in (tests/test_auth.py).
+    # Token auth is off in tests unless a test opts in (tests/integration/test_auth.py).
     auth: bool = False
 
     def __post_init__(self) -> None:

@@ -18,18 +18,18 @@ from typing import Any
 import uvicorn
 
 from modelserve.config import Settings
-from modelserve.server.access_log import AccessLog
-from modelserve.server.auth import KeyStore, TokenAuth
-from modelserve.server.dataplane import DataPlane
-from modelserve.server.disconnect import DisconnectProbe
-from modelserve.server.inference_api import create_inference_app
-from modelserve.server.limits import BodyLimit
-from modelserve.server.management_api import create_management_app
-from modelserve.server.metrics import ServerMetrics
-from modelserve.server.metrics_api import StatusCounter, create_metrics_app
-from modelserve.server.v2.core import V2Core
-from modelserve.server.v2.grpc_auth import TokenInterceptor
-from modelserve.server.v2.grpc_service import start_grpc_server
+from modelserve.server.engine.dataplane import DataPlane
+from modelserve.server.observability.metrics import ServerMetrics
+from modelserve.server.transport.auth import KeyStore, TokenAuth
+from modelserve.server.transport.http.access_log import AccessLog
+from modelserve.server.transport.http.disconnect import DisconnectProbe
+from modelserve.server.transport.http.limits import BodyLimit
+from modelserve.server.transport.torchserve.inference import create_inference_app
+from modelserve.server.transport.torchserve.management import create_management_app
+from modelserve.server.transport.torchserve.metrics import StatusCounter, create_metrics_app
+from modelserve.server.transport.v2.core import V2Core
+from modelserve.server.transport.v2.grpc_auth import TokenInterceptor
+from modelserve.server.transport.v2.grpc_service import start_grpc_server
 
 log = logging.getLogger("modelserve")
 

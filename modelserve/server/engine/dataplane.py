@@ -1,0 +1,365 @@
+"""The transport-neutral core: every API (TorchServe REST, later OIP v2 and gRPC) calls this.
+
+It owns the registry and turns management calls into worker pools and batchers, and
+inference calls into jobs on a batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+from modelserve import jsonc
+from modelserve.config import Settings
+from modelserve.errors import (
+    BadRequestError,
+    ConflictError,
+    MethodNotAllowedError,
+    ModelServeError,
+    ServiceUnavailableError,
+)
+from modelserve.server.engine.jobs import CLIENT_GONE, Job, Result
+from modelserve.server.engine.loading import (
+    ModelParts,
+    build_version,
+    open_model,
+    requirement_paths,
+)
+from modelserve.server.engine.pool import cpu_count
+from modelserve.server.engine.registration import RegisterRequest
+from modelserve.server.engine.registry import ModelRegistry, ModelVersion
+from modelserve.server.engine.snapshot import Snapshot
+from modelserve.server.engine.startup import snapshot_models, startup_requests
+from modelserve.server.engine.streams import Stream
+from modelserve.server.engine.zygote import Zygote
+from modelserve.server.observability.metrics import ServerMetrics
+
+log = logging.getLogger("modelserve.dataplane")
+
+def _observe(mv: ModelVersion, version: str | None, job: Job) -> None:
+    """A streamed request's latency: arrival to the consumer closing the stream."""
+    now = time.perf_counter()
+    mv.metrics.observe_request(version, now - job.arrival, (job.dispatched or now) - job.arrival)
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = ModelRegistry()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._background: set[asyncio.Task[Any]] = set()
+        metrics.processes.versions = self.registry.all
+        self.draining = False  # set at SIGTERM: readiness turns false, liveness stays true
+        self.snapshot = Snapshot(settings.state_path) if settings.model_snapshot else None
+        self.zygote = (Zygote(settings.startup_timeout) if settings.worker_start == "zygote"
+                       else None)
+
+    # -- inference (hot path) ----------------------------------------------------------------
+    async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
+                    headers: dict[str, str], request_id: str,
+                    v2: dict[str, Any] | None = None) -> Result | Stream:
+        """One request through the model's batcher; ``v2`` carries an OIP v2 request's
+        tensors (then ``body`` is empty). The worker's answer: a Result, or a Stream when the
+        handler streams it (the request's latency is then observed when the consumer closes
+        the stream)."""
+        return await self.infer_version(self.registry.get(name, version), version, body,
+                                        content_type, headers, request_id, v2)
+
+    async def infer_version(self, mv: ModelVersion, version: str | None, body: bytes,
+                            content_type: str, headers: dict[str, str], request_id: str,
+                            v2: dict[str, Any] | None = None,
+                            timing: list[float] | None = None) -> Result | Stream:
+        """``timing``, if given, receives (total, queued) seconds."""
+        loop = asyncio.get_running_loop()
+        job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2,
+                  gone=CLIENT_GONE.get())
+        mv.batcher.submit(job)
+        streamed = False
+        try:
+            result = await job.future
+            if result.__class__ is Stream:
+                streamed = True
+                result.on_close(lambda: _observe(mv, version, job))  # type: ignore[union-attr]
+            return result
+        finally:
+            if not streamed:
+                now = time.perf_counter()
+                queued = (job.dispatched or now) - job.arrival
+                mv.metrics.observe_request(version, now - job.arrival, queued)
+                if timing is not None:
+                    timing[:] = (now - job.arrival, queued)
+
+    async def infer_stream(self, name: str, version: str | None, body: bytes,
+                           content_type: str, headers: dict[str, str], request_id: str,
+                           v2: dict[str, Any] | None = None) -> AsyncIterator[Result]:
+        """Transport-neutral streaming (gRPC ModelStreamInfer uses it): each chunk as a
+        Result with the first chunk's status, content type and headers (and no tensors); a
+        non-streamed answer is one Result (an OIP v2 one with its tensors). Raises the error
+        that ends a stream after its first chunk; stopping early (``aclose()``, or cancelling
+        the task that iterates) cancels the rest of the work in the worker."""
+        result = await self.infer(name, version, body, content_type, headers, request_id, v2)
+        if result.__class__ is not Stream:
+            yield result  # type: ignore[misc]
+            return
+        stream: Stream = result  # type: ignore[assignment]
+        try:
+            async for chunk in stream:
+                yield Result(stream.status, stream.content_type, chunk, stream.headers,
+                             stream.batch_size)
+        finally:
+            stream.close()
+
+    def is_healthy(self) -> bool:
+        """TorchServe's /ping: every default version has its minimum of ready workers, and
+        none is crash-looping."""
+        for name in self.registry.names():
+            if self.registry.get(name).pool.health != "Healthy":
+                return False
+        return True
+
+    def is_ready(self) -> bool:
+        """Server readiness: not draining, and every model healthy (see is_healthy)."""
+        return not self.draining and self.is_healthy()
+
+    def is_model_ready(self, name: str, version: str | None = None) -> bool:
+        """A model version can take requests now: registered, not draining, not
+        crash-looping, and at least one ready worker and its minimum of them."""
+        if self.draining:
+            return False
+        try:
+            mv = self.registry.get(name, version)
+        except ModelServeError:
+            return False
+        pool = mv.pool
+        return pool.ready_count > 0 and pool.health == "Healthy"
+
+    # -- management --------------------------------------------------------------------------
+    def _threads(self) -> int:
+        """workers x threads ~= cores, counting every worker the registry wants now."""
+        if self.settings.threads_per_worker:
+            return self.settings.threads_per_worker
+        workers = sum(mv.pool.target for mv in self.registry.all())
+        return max(1, cpu_count() // max(1, workers))
+
+    async def register(self, req: RegisterRequest,
+                       loaded_at_startup: bool = False) -> tuple[int, str]:
+        """Register an archive; returns (HTTP status, message) as TorchServe words them."""
+        self._check_model_api()
+        mv = await self._add(req, loaded_at_startup)
+        try:
+            return await self._start_workers(mv, req.synchronous)
+        finally:
+            self.save_state()
+
+    def _check_model_api(self) -> None:
+        if not self.settings.enable_model_api:
+            raise MethodNotAllowedError(
+                "Registering and unregistering models is disabled (enable_model_api: false)")
+
+    async def _add(self, req: RegisterRequest, loaded_at_startup: bool) -> ModelVersion:
+        """Open the archive and enter the version in the registry, without workers yet."""
+        archive, name, version, config = await open_model(self.settings, req)
+        self._check_worker_count(config.min_workers, "minWorkers / initial_workers")
+        deps = await requirement_paths(self.settings, archive)
+
+        async with self._locks[name]:
+            self.registry.check_new(name, version)
+            mv = build_version(ModelParts(name, version, req, archive, config, deps),
+                               self.metrics, self._threads, self.zygote,
+                               self.settings.pipeline_depth, loaded_at_startup)
+            self.registry.add(mv)
+            mv.batcher.start()
+        return mv
+
+    async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> tuple[int, str]:
+        name, version, workers = mv.name, mv.version, mv.config.min_workers
+        if workers == 0:
+            return 200, (f'Model "{name}" Version: {version} registered with 0 initial workers. '
+                         "Use scale workers API to add workers for the model.")
+        if not synchronous:
+            self._in_background(self._scale_or_log(mv, workers))
+            return 202, "Processing worker updates..."
+        try:
+            await mv.pool.scale(workers)
+        except Exception as exc:  # whatever it was, the version must not stay half-registered
+            await self._discard(mv)
+            if not isinstance(exc, ModelServeError):
+                log.exception("starting workers for %s %s failed", name, version)
+            cause = exc.message if isinstance(exc, ModelServeError) else repr(exc)
+            raise ModelServeError(
+                f"Failed to start workers for model {name} version: {version}: {cause}"
+            ) from None
+        if not self.registry.holds(mv):
+            raise ConflictError(f'Model "{name}" version {version} was unregistered while its '
+                                "workers started")
+        return 200, f'Model "{name}" Version: {version} registered with {workers} initial workers'
+
+    def _check_worker_count(self, count: int, what: str) -> None:
+        cap = self.settings.max_workers_per_model
+        if count > cap:
+            raise BadRequestError(f"{what} of {count} is over max_workers_per_model ({cap})")
+
+    async def scale(self, name: str, version: str | None, min_worker: int,
+                    max_worker: int | None, synchronous: bool) -> tuple[int, str]:
+        self.registry.get(name, version)
+        if min_worker < 0:
+            raise BadRequestError("min_worker cannot be negative.")
+        if max_worker is not None and max_worker < min_worker:
+            raise BadRequestError("max_worker cannot be less than min_worker.")
+        self._check_worker_count(max(min_worker, max_worker or 0), "min_worker / max_worker")
+        async with self._locks[name]:
+            # looked up again: an unregister may have run while this call waited for the lock
+            mv = self.registry.get(name, version)
+            mv.config.min_workers = min_worker
+            mv.config.max_workers = max(max_worker or min_worker, min_worker)
+            self.save_state()
+            if not synchronous:
+                self._in_background(self._scale_or_log(mv, min_worker))
+                return 202, "Processing worker updates..."
+            try:
+                await mv.pool.scale(min_worker)
+            except ModelServeError as exc:
+                raise ModelServeError(f"Failed to start workers for model {name}: {exc.message}",
+                                      status=500) from None
+        suffix = f", version: {version}" if version else ""
+        return 200, f"Workers scaled to {min_worker} for model: {name}{suffix}"
+
+    async def unregister(self, name: str, version: str | None) -> str:
+        self._check_model_api()
+        async with self._locks[name]:
+            mv = self.registry.remove(name, version)
+        self.save_state()
+        await self._discard(mv)
+        return f'Model "{name}" unregistered'
+
+    async def _discard(self, mv: ModelVersion, grace: float = 30.0) -> None:
+        """Stop a version (unregistered, or its workers failed to start) and drop it from the
+        registry if it is still there: by identity, so a newer registration of the same name
+        and version made meanwhile stays, and keeps its metric series."""
+        self.registry.discard(mv)
+        await mv.batcher.close(ServiceUnavailableError(f'Model "{mv.name}" was unregistered'))
+        await mv.pool.close(grace)
+        if not self.registry.has(mv.name, mv.version):
+            self.metrics.forget(mv.name, mv.version)
+
+    def set_default(self, name: str, version: str) -> str:
+        self.registry.set_default(name, version)
+        self.save_state()
+        return f'Default version successfully updated for model "{name}" to "{version}"'
+
+    async def describe(self, name: str, version: str | None,
+                       customized: bool = False) -> list[dict[str, Any]]:
+        versions = (self.registry.versions(name) if version == "all"
+                    else [self.registry.get(name, version)])
+        out = [mv.describe() for mv in versions]
+        if customized:
+            for mv, body in zip(versions, out):
+                body["customizedMetadata"] = await self._customized(mv)
+        return out
+
+    async def _customized(self, mv: ModelVersion) -> Any:
+        """The handler's ``describe_handle`` output, asked of a worker like TorchServe does."""
+        result = await self.infer(mv.name, mv.version, b"", "", {"describe": "True"},
+                                  "describe")
+        if isinstance(result, Stream):  # describe_handle is not for streaming
+            result.close()
+            raise ModelServeError("the handler streamed its describe_handle answer")
+        if result.status >= 400:
+            raise ModelServeError.from_body(result.status, result.body)
+        return jsonc.loads(result.body) if result.content_type == "application/json" \
+            else result.body.decode(errors="replace")
+
+    def list_models(self, limit: int, token: int) -> dict[str, Any]:
+        if limit <= 0 or limit > 100:
+            limit = 100
+        names = self.registry.names()
+        page = names[token: token + limit]
+        body: dict[str, Any] = {"models": [
+            {"modelName": n, "modelUrl": self.registry.get(n).url} for n in page
+        ]}
+        if token + limit < len(names):
+            body["nextPageToken"] = str(token + limit)
+        return body
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _scale_or_log(self, mv: ModelVersion, count: int) -> None:
+        try:
+            await mv.pool.scale(count)
+        except Exception as exc:
+            log.error("scaling %s to %d workers failed: %s", mv.name, count, exc)
+            if not mv.pool.workers:  # none will come: queued and new requests get 503 at once
+                mv.pool.target = 0
+                mv.batcher.wake()
+
+    # -- state snapshot ----------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Write the registry to the snapshot (no-op when snapshots are off or draining)."""
+        if self.snapshot is None or self.draining:
+            return
+        models = snapshot_models(self.registry)
+        try:
+            self.snapshot.save(models)
+        except OSError as exc:
+            log.error("could not save the model snapshot %s: %s", self.snapshot.path, exc)
+
+    async def load_startup_models(self) -> list[str]:
+        """Register the snapshot's or the configured models; returns error messages (the
+        others still load)."""
+        errors: list[str] = []
+        added: list[ModelVersion] = []
+        defaults: dict[str, str] = {}
+        for req, entry in startup_requests(self.settings, self.snapshot):
+            url = req.url
+            try:
+                mv = await self._add(req, loaded_at_startup=entry.get("loaded_at_startup", False))
+            except ConflictError as exc:
+                errors.append(f"{url}: {exc.message}")
+                continue
+            except ModelServeError as exc:
+                errors.append(f"{url}: {exc.message}")
+                continue
+            except ValueError as exc:  # e.g. an invalid model name in load_models
+                errors.append(f"{url}: {exc}")
+                continue
+            mv.pool.target = mv.config.min_workers  # so thread counts see every worker
+            if "max_workers" in entry:
+                mv.config.max_workers = max(entry["max_workers"], mv.config.min_workers)
+            if entry.get("version") not in (None, mv.version):
+                log.warning("snapshot: %s is now version %s of %s (the snapshot had %s)",
+                            url, mv.version, mv.name, entry["version"])
+            if entry.get("default"):
+                defaults[mv.name] = mv.version
+            added.append(mv)
+        for name, version in defaults.items():
+            self.registry.set_default(name, version)
+
+        async def start(mv: ModelVersion) -> None:
+            try:
+                await self._start_workers(mv, synchronous=True)
+            except ModelServeError as exc:
+                errors.append(f"{mv.url}: {exc.message}")
+
+        await asyncio.gather(*(start(mv) for mv in added))
+        for error in errors:
+            log.error("could not load %s", error)
+        self.save_state()
+        return errors
+
+    async def shutdown(self, grace: float = 30.0) -> None:
+        """Stop every model; workers get ``grace`` seconds to finish in-flight batches."""
+        self.draining = True
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*(self._discard(mv, grace) for mv in self.registry.all()))
+        if self.zygote is not None:
+            await self.zygote.close()

@@ -1,0 +1,138 @@
+"""From a registration request to a model version ready to start: the archive fetched,
+opened and checked, its requirements installed, its pool and batcher built."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from modelserve.archive import Archive, ArchiveError, open_archive
+from modelserve.archive.fetch import resolve_archive
+from modelserve.archive.manifest import check_model_name, check_model_version
+from modelserve.archive.reader import Limits, check_member
+from modelserve.archive.requirements import RequirementsError, install_requirements
+from modelserve.config import ModelConfig, Settings
+from modelserve.errors import BadRequestError
+from modelserve.server.engine.batching import Batcher
+from modelserve.server.engine.jobs import Job
+from modelserve.server.engine.pool import WorkerPool
+from modelserve.server.engine.registration import RegisterRequest
+from modelserve.server.engine.registry import ModelVersion
+from modelserve.server.engine.worker_spec import WorkerSpec
+from modelserve.server.engine.zygote import Zygote
+from modelserve.server.observability.metrics import ServerMetrics
+
+log = logging.getLogger("modelserve.dataplane")
+
+
+class ModelParts(NamedTuple):
+    """What a version is built from."""
+
+    name: str
+    version: str
+    req: RegisterRequest
+    archive: Archive
+    config: ModelConfig
+    deps: tuple[str, ...]
+
+
+async def open_model(settings: Settings, req: RegisterRequest,
+                     ) -> tuple[Archive, str, str, ModelConfig]:
+    """Check the request, fetch and open its archive: (archive, name, version, config)."""
+    if req.handler is not None:
+        try:
+            check_member(req.handler.split(":")[0])
+        except ArchiveError:
+            raise BadRequestError(f"handler {req.handler!r} must be a built-in name or a "
+                                  "file inside the archive") from None
+    if req.runtime is not None and req.runtime not in ("python", "python3"):
+        raise BadRequestError(f"Invalid RuntimeType value: {req.runtime} "
+                              "(modelserve runs python handlers)")
+    s = settings
+    path = await asyncio.to_thread(resolve_archive, req.url, s.model_store, s.workdir,
+                                   s.allowed_urls)
+    try:
+        archive = await asyncio.to_thread(
+            open_archive, path, s.workdir, Limits(s.max_archive_size, s.max_archive_ratio))
+    except ArchiveError as exc:
+        raise BadRequestError(f"invalid model archive {req.url}: {exc}") from None
+    name = req.model_name or archive.name
+    version = archive.version
+    try:  # an archive must not name itself "a/b" (then never found again) or "../x"
+        check_model_name(name)
+        check_model_version(version)
+    except ValueError as exc:
+        raise BadRequestError(f"{exc} (in {req.url})") from None
+    try:
+        config = ModelConfig.resolve(
+            s, archive.model_yaml_config, {
+                "min_workers": req.initial_workers, "batch_size": req.batch_size,
+                "max_batch_delay": req.max_batch_delay,
+                "response_timeout": req.response_timeout,
+                "startup_timeout": req.startup_timeout,
+            },
+            configured=s.models.get(name, {}).get(version, {}),
+        )
+    except ValueError as exc:
+        raise BadRequestError(f"invalid model configuration: {exc}") from None
+    return archive, name, version, config
+
+
+async def requirement_paths(settings: Settings, archive: Archive) -> tuple[str, ...]:
+    """Install the archive's requirements when enabled; the paths its workers import from."""
+    req_file = archive.manifest.model.requirements_file
+    if not req_file:
+        return ()
+    if not settings.install_py_dep_per_model:
+        log.warning("%s has a requirements file that is not installed "
+                    "(install_py_dep_per_model is false)", archive.name)
+        return ()
+    try:
+        target = await asyncio.to_thread(install_requirements, archive.model_dir / req_file,
+                                         settings.workdir)
+    except RequirementsError as exc:
+        raise BadRequestError(str(exc)) from None
+    return (str(target),)
+
+
+def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Callable[[], int],
+                  zygote: Zygote | None, pipeline_depth: int,
+                  loaded_at_startup: bool) -> ModelVersion:
+    """The version's worker pool and batcher, wired to each other and to its metrics; no
+    worker starts yet. ``threads`` gives the torch threads a new worker gets."""
+    name, version, req, archive, config, deps = parts
+    spec = WorkerSpec(
+        model_name=name,
+        model_version=version,
+        model_dir=str(archive.model_dir.resolve()),
+        handler=req.handler or archive.manifest.model.handler,
+        extra_paths=deps,
+        manifest=archive.manifest.to_json_dict(),
+        model_yaml_config=archive.model_yaml_config,
+        batch_size=config.batch_size,
+        device_type=config.device_type or "auto",
+        startup_timeout=config.startup_timeout,
+        response_timeout=config.response_timeout,
+        pipeline_depth=pipeline_depth,
+        batch_threads=0 if config.batch_threads == "auto" else config.batch_threads,
+    )
+    metrics = server_metrics.for_version(name, version)
+
+    def on_batch_done(jobs: list[Job], handler_ms: float, custom: list[Any]) -> None:
+        metrics.executions += 1
+        metrics.batch_size.observe(len(jobs))
+        metrics.handler_time.observe(handler_ms / 1000.0)
+        if custom:
+            server_metrics.custom.record(custom)
+
+    def on_change() -> None:
+        batcher.wake()
+
+    pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote)
+    batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
+                      config.job_queue_size, queue_timeout_s=config.response_timeout)
+    pool.requeue = batcher.requeue
+    return ModelVersion(name, version, req.url, archive, config, pool, batcher, metrics,
+                        loaded_at_startup)

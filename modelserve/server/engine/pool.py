@@ -1,0 +1,196 @@
+"""The worker pool of one model version: scale, pick the least-busy worker, restart the dead."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from modelserve.errors import ModelServeError
+from modelserve.server.engine.jobs import Job
+from modelserve.server.engine.worker_spec import WorkerSpec
+from modelserve.server.engine.workers import WorkerProcess, WorkerStoppedWhileStarting
+from modelserve.server.engine.zygote import Zygote
+
+log = logging.getLogger("modelserve.pool")
+
+MAX_BACKOFF_S = 30.0
+STABLE_AFTER_S = 60.0  # a worker that lived this long resets the restart backoff
+CRASH_LOOP_LIMIT = 3  # this many crashes, each within STABLE_AFTER_S of the last: unhealthy
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class WorkerPool:
+    def __init__(self, spec: WorkerSpec, threads: Callable[[], int], on_change: Callable[[], None],
+                 on_batch_done: Callable[[list[Job], float, list[Any]], None],
+                 zygote: Zygote | None = None) -> None:
+        """``threads`` says, when a worker starts, how many threads it should use; workers
+        are forked by ``zygote`` when there is one."""
+        self.spec = spec
+        self.zygote = zygote
+        self._threads = threads
+        self.workers: list[WorkerProcess] = []
+        self.target = 0
+        self.restarts = 0
+        self._on_change = on_change
+        self._on_batch_done = on_batch_done
+        self._backoff = 1.0
+        self._restart_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._next_index = 0
+        # Crash-loop detection: consecutive short-lived deaths or failed restarts.
+        self.crashes = 0
+        self.last_crash = 0.0
+        self.last_death = ""
+        # Puts the jobs of a dead worker back at the head of the batcher's queue (set by the
+        # owner once the batcher exists); None: they fail at once.
+        self.requeue: Callable[[list[Job]], None] | None = None
+
+    # -- selection (hot path) ----------------------------------------------------------------
+    def pick(self) -> WorkerProcess | None:
+        """The ready worker with the fewest batches in flight and room for one more."""
+        best: WorkerProcess | None = None
+        for worker in self.workers:
+            if worker.available and (best is None or len(worker.inflight) < len(best.inflight)):
+                best = worker
+        return best
+
+    def has_idle(self) -> bool:
+        return any(w.idle for w in self.workers)
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers if w.status == "READY")
+
+    @property
+    def crash_looping(self) -> bool:
+        return (self.crashes >= CRASH_LOOP_LIMIT
+                and time.time() - self.last_crash < STABLE_AFTER_S)
+
+    @property
+    def health(self) -> str:
+        """Healthy, Loading (fewer ready workers than the target) or Unhealthy (crash loop)."""
+        if self.crash_looping:
+            return "Unhealthy"
+        return "Loading" if self.ready_count < self.target else "Healthy"
+
+    # -- scaling -----------------------------------------------------------------------------
+    async def scale(self, count: int) -> None:
+        """Start or stop workers until ``count`` are live; waits for new ones to load.
+        Nothing to do once the pool is closed (its version was unregistered)."""
+        if self._closed:
+            return
+        self.target = count
+        live = [w for w in self.workers if w.status in ("STARTING", "READY")]
+        if len(live) < count:
+            await asyncio.gather(*(self._start_one() for _ in range(count - len(live))))
+        elif len(live) > count:
+            surplus = sorted(live, key=lambda w: (w.status == "READY", len(w.inflight)))
+            await asyncio.gather(*(self._stop_one(w) for w in surplus[: len(live) - count]))
+
+    async def close(self, grace: float = 30.0) -> None:
+        """Stop every worker, each finishing its in-flight batches within ``grace`` s."""
+        self._closed = True
+        self.target = 0
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        await asyncio.gather(*(self._stop_one(w, grace) for w in list(self.workers)))
+
+    async def _start_one(self) -> None:
+        if self._closed:
+            return
+        worker = WorkerProcess(self.spec, self._next_index, self._threads(), self._on_change,
+                               self._exited, self.zygote)
+        self._next_index += 1
+        worker.on_batch_done = self._on_batch_done
+        worker.on_orphans = self._orphans
+        self.workers.append(worker)
+        try:
+            await worker.start()
+        except WorkerStoppedWhileStarting:  # scaled down or closed meanwhile: as asked
+            if worker in self.workers:
+                self.workers.remove(worker)
+        except BaseException:
+            if worker in self.workers:
+                self.workers.remove(worker)
+            await worker.kill()
+            raise
+
+    async def _stop_one(self, worker: WorkerProcess, grace: float = 30.0) -> None:
+        await worker.stop(grace)
+        if worker in self.workers:
+            self.workers.remove(worker)
+        self._on_change()
+
+    # -- crash recovery ----------------------------------------------------------------------
+    def _orphans(self, jobs: list[Job], err: ModelServeError) -> None:
+        """A worker died with these jobs in flight: each is retried once on another ready
+        worker, if there is one; otherwise (or on its second death) it gets ``err``."""
+        others = any(w.status == "READY" for w in self.workers)
+        retry = [j for j in jobs if not j.retried and not j.future.done()]
+        if self.requeue is None or not others or self._closed:
+            retry = []
+        for job in jobs:
+            if job in retry:
+                job.retried = True
+            elif job.retried:
+                job.fail(ModelServeError(f"{err.message}; the request had already been "
+                                         "retried once", status=err.status, type=err.type))
+            else:
+                job.fail(err)
+        if retry:
+            log.warning("retrying %d request(s) of a dead %s worker on another worker",
+                        len(retry), self.spec.model_name)
+            assert self.requeue is not None
+            self.requeue(retry)
+
+    def _crashed(self, cause: str) -> None:
+        now = time.time()
+        if now - self.last_crash > STABLE_AFTER_S:
+            self.crashes = 0
+        self.crashes += 1
+        self.last_crash = now
+        self.last_death = cause
+        if self.crashes == CRASH_LOOP_LIMIT:
+            log.error("%s is crash-looping (%d worker deaths/failed starts in a row, each "
+                      "within %.0fs); marked unhealthy: %s", self.spec.model_name,
+                      self.crashes, STABLE_AFTER_S, cause)
+
+    def _exited(self, worker: WorkerProcess) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        if self._closed or worker.status == "STOPPED":
+            return
+        if time.time() - worker.start_time > STABLE_AFTER_S:
+            self._backoff = 1.0
+            self.crashes = 0
+        self._crashed(worker.death_cause)
+        if self._restart_task is None or self._restart_task.done():
+            self._restart_task = asyncio.create_task(self._restore())
+
+    async def _restore(self) -> None:
+        """Bring the pool back to its target, waiting longer after each failed start."""
+        while not self._closed:
+            live = sum(1 for w in self.workers if w.status in ("STARTING", "READY"))
+            if live >= self.target:
+                return
+            log.warning("restarting a worker of %s in %.0fs", self.spec.model_name, self._backoff)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+            if self._closed:
+                return
+            self.restarts += 1
+            try:
+                await self._start_one()
+            except Exception as exc:
+                log.error("restart of a %s worker failed: %s", self.spec.model_name, exc)
+                self._crashed(f"restart failed: {exc}")

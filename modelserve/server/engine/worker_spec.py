@@ -1,0 +1,51 @@
+"""What a worker process is started with: one model version's spec, as argv and environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs to load one model version."""
+
+    model_name: str
+    model_version: str
+    model_dir: str
+    handler: str
+    extra_paths: tuple[str, ...]  # put first on the worker's sys.path (installed requirements)
+    manifest: dict[str, Any]
+    model_yaml_config: dict[str, Any]
+    batch_size: int
+    device_type: str
+    startup_timeout: float
+    response_timeout: float
+    pipeline_depth: int
+    batch_threads: int = 0  # 0: the worker decides (modelserve.worker.lanes.plan)
+
+    def env(self) -> dict[str, str]:
+        """The thread variables are the worker's own to set (``--threads``), before torch."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.extra_paths:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [*self.extra_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
+        return env
+
+    def args(self, index: int, threads: int) -> list[str]:
+        """``python -m modelserve.worker`` arguments, but for ``--fd``."""
+        return [
+            "--model-dir", self.model_dir,
+            "--model-name", self.model_name,
+            "--model-version", self.model_version,
+            "--handler", self.handler,
+            "--manifest", json.dumps(self.manifest),
+            "--model-yaml-config", json.dumps(self.model_yaml_config),
+            "--batch-size", str(self.batch_size),
+            "--index", str(index),
+            "--device-type", self.device_type,
+            "--threads", str(threads),
+            "--batch-threads", str(self.batch_threads),
+        ]

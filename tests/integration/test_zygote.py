@@ -1,0 +1,136 @@
+"""Workers forked from the zygote: shared memory, parentage, and what happens when it dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, child_pids, pid_alive, ppid, wait_for, wait_logged
+
+DIGIT = {"data": [0.0] * 64}
+
+
+@pytest.fixture
+def make_server(model_store: Path, tmp_path: Path) -> Iterator:
+    made: list[Server] = []
+
+    def make(config: dict) -> Server:
+        srv = Server(tmp_path / f"srv{len(made)}", model_store, ["digits=digits.mar"],
+                     extra_config=config)
+        srv.root.mkdir()
+        made.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in made:
+        assert not srv.stop(), "a process outlived its server"
+
+
+def shared_dirty_mb(pid: int) -> float:
+    """Written pages this process shares with another (here: what the zygote imported)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Shared_Dirty:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no Shared_Dirty line")
+
+
+def predict_ok(srv: Server) -> bool:
+    r = httpx.post(f"{srv.inference}/predictions/digits", json=DIGIT, timeout=30)
+    return r.status_code == 200 and "class" in r.text
+
+
+def scale(srv: Server, workers: int) -> None:
+    r = httpx.put(f"{srv.management}/models/digits", timeout=60,
+                  params={"min_worker": workers, "max_worker": workers, "synchronous": "true"})
+    assert r.status_code == 200, r.text
+
+
+def ready_pids(srv: Server) -> set[int]:
+    [desc] = httpx.get(f"{srv.management}/models/digits").json()
+    return {w["pid"] for w in desc["workers"] if w["status"] == "READY"}
+
+
+def test_workers_fork_from_the_zygote_and_share_its_memory(make_server):
+    srv = make_server({})
+    scale(srv, 2)
+    [zygote] = srv.zygote_pids()
+    workers = ready_pids(srv)
+    assert len(workers) == 2 and workers == srv.worker_pids()
+    assert all(ppid(pid) == zygote for pid in workers)
+    # the command line is the zygote's; the process name says which model a worker serves
+    assert {Path(f"/proc/{pid}/comm").read_text().strip() for pid in workers} == {"ms:digits"}
+    assert Path(f"/proc/{zygote}/comm").read_text().strip() == "ms-zygote"
+    # torch and the worker code were imported once, in the zygote: each worker shares those
+    # written pages (tens of MB) instead of holding its own copy
+    assert all(shared_dirty_mb(pid) > 30 for pid in workers), \
+        [shared_dirty_mb(pid) for pid in workers]
+    assert predict_ok(srv)
+
+
+def test_spawn_mode_starts_fresh_interpreters(make_server):
+    srv = make_server({"worker_start": "spawn"})
+    assert not srv.zygote_pids()
+    workers = ready_pids(srv)
+    assert workers and workers <= child_pids(srv.proc.pid)
+    assert all(b"modelserve.worker" in Path(f"/proc/{p}/cmdline").read_bytes() for p in workers)
+    assert predict_ok(srv)
+
+
+def test_a_killed_zygote_takes_its_workers_and_both_come_back(make_server):
+    srv = make_server({})
+    scale(srv, 2)
+    [zygote] = srv.zygote_pids()
+    workers = ready_pids(srv)
+    os.kill(zygote, signal.SIGKILL)
+    # its workers die with it (PDEATHSIG), the pool restarts them through a new zygote
+    wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=10)
+    wait_for(lambda: len(ready_pids(srv)) == 2 and not ready_pids(srv) & workers, timeout=60)
+    [again] = srv.zygote_pids()
+    assert again != zygote
+    assert all(ppid(pid) == again for pid in ready_pids(srv))
+    assert predict_ok(srv)
+    wait_logged(srv, "worker zygote", "exited")
+
+
+def test_a_worker_forked_after_its_launch_was_abandoned_is_killed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """fork() timed out (or was cancelled) before the zygote's 'forked' frame came: that
+    worker belongs to no pool, so the frontend kills it instead of leaving it running."""
+    import asyncio
+    import socket
+
+    from modelserve.server.engine.zygote import Zygote
+
+    (tmp_path / "sleepy.py").write_text("import time\ntime.sleep(120)\n")
+    args = ["--model-dir", str(tmp_path), "--model-name", "sleepy", "--model-version", "1",
+            "--handler", "sleepy.py", "--manifest", "{}"]
+
+    async def abandon_one() -> tuple[int, set[int]]:
+        zygote = Zygote()
+        ours, theirs = socket.socketpair()
+        try:
+            kept = await zygote.fork(args, dict(os.environ), theirs.fileno())  # starts it
+            assert zygote.pid is not None
+            zygote.startup_timeout = 0  # the next fork() gives up before the answer comes
+            with pytest.raises(TimeoutError):
+                await zygote.fork(args, dict(os.environ), theirs.fileno())
+            # the abandoned worker is forked, reported, and killed; the kept one lives on
+            await asyncio.to_thread(wait_for, lambda: "launch was abandoned" in caplog.text)
+            await asyncio.to_thread(wait_for, lambda: child_pids(zygote.pid) == {kept.pid})
+            assert kept.returncode is None
+            kept.kill()
+            assert await asyncio.wait_for(kept.wait(), 10) == -signal.SIGKILL
+            return zygote.pid, child_pids(zygote.pid)
+        finally:
+            await zygote.close()
+            ours.close()
+            theirs.close()
+
+    zygote_pid, left = asyncio.run(abandon_one())
+    assert left == set()
+    assert not pid_alive(zygote_pid)
