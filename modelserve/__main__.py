@@ -1,3 +1,3 @@
-from modelserve.cli import app
+from modelserve.cli import run
 
-app()
+run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -26,6 +27,31 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"modelserve {__version__}")
         raise typer.Exit()
+
+
+class Personality(StrEnum):
+    modelserve = "modelserve"
+    torchserve = "torchserve"
+
+
+def spread_multi_values(argv: list[str], option: str = "--models") -> list[str]:
+    """TorchServe's ``--models a=a.mar b.mar`` (argparse nargs="+") as click's repeated
+    ``--models a=a.mar --models b.mar``: every word after the option up to the next option."""
+    out: list[str] = []
+    taking = False
+    for word in argv:
+        if word == option:
+            taking = True
+            continue
+        if word.startswith("-"):
+            taking = False
+        out += [option, word] if taking else [word]
+    return out
+
+
+def run() -> None:
+    """The ``modelserve`` command (``python -m modelserve`` too)."""
+    app(args=spread_multi_values(sys.argv[1:]), prog_name="modelserve")
 
 
 @app.callback()
@@ -66,6 +92,7 @@ def _print_banner(settings: object, errors: list[str]) -> None:
         )
     else:
         typer.echo(f"Try: curl -s http://{host}:{settings.inference_port}/ping")
+    typer.echo("Model server started.")  # the line TorchServe's scripts and tests wait for
     typer.echo("Press Ctrl-C to stop the server and its workers.")
 
 
@@ -76,8 +103,9 @@ def start(
     model_store: Path | None = typer.Option(
         None, "--model-store", help="Directory that archive names resolve against."),
     models: list[str] | None = typer.Option(
-        None, "--models", help="Archive to load at start: NAME=ARCHIVE, ARCHIVE or 'all'. "
-        "Repeatable; replaces load_models from the config."),
+        None, "--models", help="Archives to load at start: NAME=ARCHIVE, ARCHIVE or 'all', "
+        "as TorchServe takes them (--models a=a.mar b.mar) or repeated; replaces load_models "
+        "from the config."),
     host: str | None = typer.Option(None, "--host", help="Address to bind the listeners to."),
     inference_port: int | None = typer.Option(None, help="Inference API port."),
     management_port: int | None = typer.Option(None, help="Management API port."),
@@ -89,21 +117,42 @@ def start(
         None, "--ts-config", help="A TorchServe config.properties to read (see "
         "docs/torchserve-config.md); the environment and flags still override it."),
     disable_token_auth: bool = typer.Option(
-        False, "--disable-token-auth", help="Serve without bearer tokens (by default the "
-        "inference and management APIs need the keys in key_file; see `modelserve key`)."),
+        False, "--disable-token-auth", "--dt", help="Serve without bearer tokens (by default "
+        "the inference and management APIs need the keys in key_file; see `modelserve key`)."),
+    enable_model_api: bool = typer.Option(
+        False, "--enable-model-api", help="Allow POST/DELETE /models (enable_model_api)."),
+    no_config_snapshots: bool = typer.Option(
+        False, "--no-config-snapshots", "--ncs", help="Neither restore nor save the "
+        "registered models (model_snapshot: false)."),
+    personality: Personality | None = typer.Option(
+        None, "--personality", help="Whose defaults: modelserve's, or TorchServe 0.12's "
+        "(lenient query values, no workers at registration; see docs). Default: torchserve "
+        "with --ts-config, else modelserve."),
+    foreground: bool = typer.Option(
+        False, "--foreground", hidden=True, help="Accepted for TorchServe's scripts: start "
+        "always runs in the foreground (`modelserve torchserve --start` runs in the "
+        "background)."),
 ) -> None:
     """Start the server in the foreground; Ctrl-C stops it and every worker."""
     from modelserve.config import load_settings
+    from modelserve.personality import torchserve_defaults
     from modelserve.ts_config import read_ts_config
 
     try:
         ts = read_ts_config(ts_config) if ts_config else None
+        ts_values = ts.settings if ts else {}
+        as_torchserve = (personality or (Personality.torchserve if ts else None)) \
+            == Personality.torchserve
         settings = load_settings(
-            config, ts_values=ts.settings if ts else None, model_store=model_store,
+            config, ts_values=ts_values,
+            personality=torchserve_defaults(ts_values) if as_torchserve else None,
+            model_store=model_store,
             load_models=models or None, host=host, inference_port=inference_port,
             management_port=management_port, metrics_port=metrics_port,
             grpc_inference_port=grpc_inference_port, log_level=log_level,
             disable_token_auth=True if disable_token_auth else None,
+            enable_model_api=True if enable_model_api else None,
+            model_snapshot=False if no_config_snapshots else None,
         )
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -213,3 +262,13 @@ def examples(
 
         for path in build_resnet_formats(model_store):
             typer.echo(str(path))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "help_option_names": []})
+def torchserve(ctx: typer.Context) -> None:
+    """TorchServe's command line: `modelserve torchserve --start|--stop [TorchServe's flags]`
+    (background server with a pid file, as `torchserve` does; --help lists the flags)."""
+    from modelserve.torchserve_cli import main as torchserve_main
+
+    raise typer.Exit(torchserve_main(ctx.args))

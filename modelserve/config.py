@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     enable_model_api: bool = Field(
         True, description="Allow POST/DELETE /models (register/unregister); false: 405."
     )
+    strict_params: bool = Field(
+        True, description="Refuse a malformed management-API query value with 400 "
+        "(modelserve's default). false: read query values as TorchServe's frontend does: an "
+        "empty or unparsable number is the parameter's default, a boolean is true only for "
+        "'true' (the default under --ts-config).")
+    registration_workers: int | None = Field(
+        None, ge=0, description="Workers POST /models starts when the request names no "
+        "initial_workers (model-config.yaml's minWorkers still wins); unset: "
+        "default_workers_per_model. TorchServe registers with 0 unless its config sets "
+        "default_workers_per_model (the default under --ts-config).")
     max_archive_size: int = Field(
         20 << 30, ge=1, description="Largest total extracted size of an archive, bytes."
     )
@@ -151,15 +161,18 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         ts_values = getattr(settings_cls, "_ts_values", {})
+        personality = getattr(settings_cls, "_personality", {})
         return (init_settings, env_settings,
                 InitSettingsSource(settings_cls, init_kwargs=ts_values),
-                YamlConfigSettingsSource(settings_cls))
+                YamlConfigSettingsSource(settings_cls),
+                InitSettingsSource(settings_cls, init_kwargs=personality))
 
 
 def load_settings(config_file: Path | None = None, ts_values: dict[str, Any] | None = None,
-                  **overrides: Any) -> Settings:
+                  personality: dict[str, Any] | None = None, **overrides: Any) -> Settings:
     """Build Settings: explicit overrides (None = unset) > environment > values read from a
-    TorchServe config.properties > the YAML file > defaults."""
+    TorchServe config.properties > the YAML file > the personality's defaults
+    (``modelserve.personality``) > modelserve's defaults."""
     if config_file is not None and not Path(config_file).is_file():
         raise FileNotFoundError(f"config file not found: {config_file}")
     if config_file is not None:  # one line that says what is wrong, not a parser traceback
@@ -175,6 +188,7 @@ def load_settings(config_file: Path | None = None, ts_values: dict[str, Any] | N
     class _FromFile(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})
         _ts_values: ClassVar[dict[str, Any]] = ts_values or {}
+        _personality: ClassVar[dict[str, Any]] = personality or {}
 
     given = {k: v for k, v in overrides.items() if v is not None}
     return _FromFile(**given)
@@ -207,13 +221,16 @@ class ModelConfig(BaseModel):
     @classmethod
     def resolve(
         cls, settings: Settings, yaml_config: dict[str, Any], overrides: dict[str, Any],
-        configured: dict[str, Any] | None = None,
+        configured: dict[str, Any] | None = None, default_workers: int | None = None,
     ) -> ModelConfig:
         """Server defaults, then the server's per-model ``models`` entry, then the archive's
-        model-config.yaml, then API parameters (TorchServe's order)."""
+        model-config.yaml, then API parameters (TorchServe's order). ``default_workers``
+        replaces default_workers_per_model as the server default (registration_workers)."""
+        workers = settings.default_workers_per_model if default_workers is None \
+            else default_workers
         values: dict[str, Any] = {
-            "min_workers": settings.default_workers_per_model,
-            "max_workers": settings.default_workers_per_model,
+            "min_workers": workers,
+            "max_workers": workers,
             "batch_size": settings.batch_size,
             "max_batch_delay": settings.max_batch_delay,
             "response_timeout": settings.response_timeout,

@@ -14,7 +14,8 @@ worker -> frontend
     (``signature``: the model's OIP v2 metadata, platform, inputs and outputs, when known;
     ``batch_threads``: how many batches it runs at once, modelserve.worker.lanes)
     ``{"op": "lanes", "n": int}``  (it now runs ``n`` batches at once)
-    ``{"op": "load_failed", "error": str}``
+    ``{"op": "load_failed", "error": str, "status": int}``  (400: the handler is not in the
+    archive; 500: anything else)
     ``{"op": "result", "id": int, "out": [[status, content_type, body, headers], ...],
     "ms": float, "metrics": [[type, name, unit, labels, value], ...]}``
     (``metrics`` carries the handler's ``context.metrics`` calls to the frontend's /metrics;

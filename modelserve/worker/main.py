@@ -24,7 +24,7 @@ from modelserve.worker import lanes, ts_compat
 from modelserve.worker.batch import BatchRunner
 from modelserve.worker.channel import Channel
 from modelserve.worker.context import Context
-from modelserve.worker.loader import Handler, find_handler
+from modelserve.worker.loader import Handler, HandlerLoadError, find_handler
 from modelserve.worker.process import die_with_parent, preset_thread_env
 from modelserve.worker.streaming import Streamer
 
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("model failed to load:\n%s", traceback.format_exc())
         message = "".join(traceback.format_exception_only(exc)).strip()
         try:
-            sock.sendall(ipc.encode({"op": "load_failed", "error": message}))
+            # a handler the archive does not have is the client's mistake (400), the rest 500
+            status = 400 if isinstance(exc, HandlerLoadError) else 500
+            sock.sendall(ipc.encode({"op": "load_failed", "error": message, "status": status}))
         except (BrokenPipeError, ConnectionResetError):
             pass  # nobody is waiting for it
         return 1

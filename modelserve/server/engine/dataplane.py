@@ -46,6 +46,16 @@ def _observe(mv: ModelVersion, version: str | None, job: Job) -> None:
     mv.metrics.observe_request(version, now - job.arrival, (job.dispatched or now) - job.arrival)
 
 
+def _start_failed(exc: BaseException, what: str) -> ModelServeError:
+    """Workers that could not start: a 500, but for the client's own mistake (a handler the
+    archive does not have), which keeps its 4xx (TorchServe answers 500 to both)."""
+    if isinstance(exc, ModelServeError):
+        status, kind = (exc.status, exc.type) if exc.status < 500 else (500, None)
+        return ModelServeError(f"Failed to start workers for {what}: {exc.message}",
+                               status=status, type=kind)
+    return ModelServeError(f"Failed to start workers for {what}: {exc!r}")
+
+
 class DataPlane:
     def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
         self.settings = settings
@@ -163,7 +173,8 @@ class DataPlane:
 
     async def _add(self, req: RegisterRequest, loaded_at_startup: bool) -> ModelVersion:
         """Open the archive and enter the version in the registry, without workers yet."""
-        archive, name, version, config = await open_model(self.settings, req)
+        archive, name, version, config = await open_model(
+            self.settings, req, None if loaded_at_startup else self.settings.registration_workers)
         self._check_worker_count(config.min_workers, "minWorkers / initial_workers")
         deps = await requirement_paths(self.settings, archive)
 
@@ -190,10 +201,7 @@ class DataPlane:
             await self._discard(mv)
             if not isinstance(exc, ModelServeError):
                 log.exception("starting workers for %s %s failed", name, version)
-            cause = exc.message if isinstance(exc, ModelServeError) else repr(exc)
-            raise ModelServeError(
-                f"Failed to start workers for model {name} version: {version}: {cause}"
-            ) from None
+            raise _start_failed(exc, f"model {name} version: {version}") from None
         if not self.registry.holds(mv):
             raise ConflictError(f'Model "{name}" version {version} was unregistered while its '
                                 "workers started")
@@ -206,11 +214,12 @@ class DataPlane:
 
     async def scale(self, name: str, version: str | None, min_worker: int,
                     max_worker: int | None, synchronous: bool) -> tuple[int, str]:
-        self.registry.get(name, version)
-        if min_worker < 0:
-            raise BadRequestError("min_worker cannot be negative.")
+        # the bounds first, then the model (ApiUtils.updateModelWorkers' order)
         if max_worker is not None and max_worker < min_worker:
             raise BadRequestError("max_worker cannot be less than min_worker.")
+        if min_worker < 0:
+            raise BadRequestError("min_worker cannot be negative.")
+        self.registry.get(name, version)
         self._check_worker_count(max(min_worker, max_worker or 0), "min_worker / max_worker")
         async with self._locks[name]:
             # looked up again: an unregister may have run while this call waited for the lock
@@ -224,8 +233,7 @@ class DataPlane:
             try:
                 await mv.pool.scale(min_worker)
             except ModelServeError as exc:
-                raise ModelServeError(f"Failed to start workers for model {name}: {exc.message}",
-                                      status=500) from None
+                raise _start_failed(exc, f"model {name}") from None
         suffix = f", version: {version}" if version else ""
         return 200, f"Workers scaled to {min_worker} for model: {name}{suffix}"
 
@@ -274,16 +282,18 @@ class DataPlane:
         return jsonc.loads(result.body) if result.content_type == "application/json" \
             else result.body.decode(errors="replace")
 
-    def list_models(self, limit: int, token: int) -> dict[str, Any]:
-        if limit <= 0 or limit > 100:
-            limit = 100
+    def list_models(self, limit: int, token: int, token_at_end: bool = False) -> dict[str, Any]:
+        """A page of ``limit`` models from ``token`` on, sorted by name; ``nextPageToken`` when
+        models follow it (``token_at_end``: also when the page ends at the last model, as
+        TorchServe's ApiUtils.getModelList does)."""
         names = self.registry.names()
         page = names[token: token + limit]
         body: dict[str, Any] = {"models": [
             {"modelName": n, "modelUrl": self.registry.get(n).url} for n in page
         ]}
-        if token + limit < len(names):
-            body["nextPageToken"] = str(token + limit)
+        end = token + limit
+        if end < len(names) or (token_at_end and end == len(names)):
+            body["nextPageToken"] = str(end)
         return body
 
     # -- lifecycle ---------------------------------------------------------------------------

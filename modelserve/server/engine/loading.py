@@ -39,8 +39,11 @@ class ModelParts(NamedTuple):
 
 
 async def open_model(settings: Settings, req: RegisterRequest,
+                     default_workers: int | None = None,
                      ) -> tuple[Archive, str, str, ModelConfig]:
-    """Check the request, fetch and open its archive: (archive, name, version, config)."""
+    """Check the request, fetch and open its archive: (archive, name, version, config);
+    ``default_workers``: the workers to start when neither the request nor the archive's
+    model-config.yaml names them (None: default_workers_per_model)."""
     if req.handler is not None:
         try:
             check_member(req.handler.split(":")[0])
@@ -74,6 +77,7 @@ async def open_model(settings: Settings, req: RegisterRequest,
                 "startup_timeout": req.startup_timeout,
             },
             configured=s.models.get(name, {}).get(version, {}),
+            default_workers=default_workers,
         )
     except ValueError as exc:
         raise BadRequestError(f"invalid model configuration: {exc}") from None

@@ -138,7 +138,10 @@ class WorkerProcess:
         if hello is None or hello.get("op") != "ready":
             await self._wait_exit(5.0)
             cause = hello.get("error") if hello else await self._death_cause()
-            raise WorkerLoadError(f"model {self.spec.model_name} failed to load: {cause}")
+            message = f"model {self.spec.model_name} failed to load: {cause}"
+            if hello and hello.get("status") == 400:  # the archive's handler is not there
+                raise WorkerLoadError(message, status=400, type="BadRequestException")
+            raise WorkerLoadError(message)
         self.device = hello["device"]
         self.signature = hello.get("signature")
         self.load_ms = hello["load_ms"]
