@@ -24,6 +24,7 @@ from modelserve.server.transport.auth import KeyStore, TokenAuth
 from modelserve.server.transport.http.access_log import AccessLog
 from modelserve.server.transport.http.disconnect import DisconnectProbe
 from modelserve.server.transport.http.limits import BodyLimit
+from modelserve.server.transport.http.paths import TrailingSlash
 from modelserve.server.transport.torchserve.inference import create_inference_app
 from modelserve.server.transport.torchserve.management import create_management_app
 from modelserve.server.transport.torchserve.metrics import StatusCounter, create_metrics_app
@@ -68,7 +69,8 @@ async def run_server(settings: Settings,
     dataplane = DataPlane(settings, metrics)
     v2 = V2Core(dataplane)
     inference: Any = create_inference_app(dataplane, settings, v2)
-    management: Any = BodyLimit(create_management_app(dataplane), settings.max_request_size)
+    management: Any = BodyLimit(TrailingSlash(create_management_app(dataplane)),
+                                settings.max_request_size)
     keys: KeyStore | None = None
     if not settings.disable_token_auth:
         try:

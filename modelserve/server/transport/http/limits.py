@@ -1,6 +1,6 @@
 """Request body limit for the APIs whose routes read bodies through FastAPI (management).
 
-The inference routes check ``max_request_size`` themselves while reading (inference_api.py);
+The inference routes check ``max_request_size`` themselves while reading (transport/http/body.py);
 this pure ASGI middleware gives the management API the same 413, before the body is read
 whole: at once from ``Content-Length``, or as soon as a chunked body passes the limit.
 """

@@ -51,6 +51,11 @@ def register_request(params: Mapping[str, str]) -> RegisterRequest:
                                  "model store or a URL)")
     workers = java_int(params, "initial_workers", None)
     delay = java_int(params, "max_batch_delay", None)
+    startup = java_int(params, "startup_timeout", None)
+    if workers is not None and workers > 0 and startup is not None and startup <= 0:
+        # TorchServe polls the load for 0 s: every worker fails, 500, the model is dropped
+        raise BadRequestError(f"startup_timeout={startup} gives the {workers} initial "
+                              "worker(s) no time to load")
     values = {
         "url": url or "",  # absent: "Parameter url is required." (400), as TorchServe says
         "model_name": params.get("model_name") or None,
@@ -60,7 +65,7 @@ def register_request(params: Mapping[str, str]) -> RegisterRequest:
         "max_batch_delay": delay if delay is not None and delay >= 0 else None,
         "initial_workers": None if workers is None else max(workers, 0),
         "response_timeout": _positive(java_int(params, "response_timeout", None)),
-        "startup_timeout": _positive(java_int(params, "startup_timeout", None)),
+        "startup_timeout": _positive(startup),
         "synchronous": java_bool(params, "synchronous", True),
     }
     try:
