@@ -15,7 +15,7 @@ DEV_LOCK   := requirements/dev.txt
 INSTALL    := $(BIN)/python -m pip install -q
 
 .PHONY: serve test test-unit test-integration install install-dev examples lint bench clean \
-        protos lock
+        protos lock docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,7 +74,7 @@ serve: examples
 # tests/unit: no processes, no sockets (their conftest refuses both), well under a minute;
 # tests/integration: real servers on free loopback ports, real workers, real tools.
 test: install-dev
-	$(BIN)/ruff check modelserve tests bench docker
+	$(BIN)/ruff check modelserve tests bench docker docs
 	$(BIN)/python -m pytest -q
 
 test-unit: install-dev
@@ -84,10 +84,15 @@ test-integration: install-dev
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: install-dev
-	$(BIN)/ruff check modelserve tests bench docker
+	$(BIN)/ruff check modelserve tests bench docker docs
 
 bench: examples
 	$(BIN)/python bench/serve_bench.py --model-store $(STORE)
+
+# The manual (docs/, mkdocs.yml) as a static site in site/, offline; warnings are errors.
+# tests/integration/test_docs.py builds it the same way and runs every example it shows.
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .modelserve $(STORE)/*.mar $(STORE)/.built .pytest_cache

@@ -1,14 +1,7 @@
 """A streaming handler: answers with one chunk per word of the request text, as it goes.
 
-Archive and serve it (see README, "Streaming responses"):
-
-    modelserve archive --model-name words --version 1.0 \
-        --handler docs/examples/streaming_handler.py --export-path model_store
-    modelserve start --models words=words.mar
-    curl -N http://127.0.0.1:8080/predictions/words -H 'Content-Type: text/plain' \
-        -d 'streams arrive word by word'
-    curl -N http://127.0.0.1:8080/predictions/words -H 'Content-Type: text/plain' \
-        -H 'Accept: text/event-stream' -d 'hi there'
+docs/examples/streaming.sh archives, registers and calls it (docs/streaming.md);
+docs/examples/v2_grpc_stream.py streams its words over OIP v2 gRPC (docs/v2.md).
 
 ``handle`` returns a list with one entry per request of the batch; an entry that is a
 generator is streamed, each item one chunk (a dict goes out as one JSON line, a str or bytes
@@ -37,5 +30,7 @@ class WordStreamer:
         texts = []
         for row in data:
             body = row.get("data", row.get("body"))
+            if isinstance(body, dict) and "inputs" in body:  # OIP v2 (gRPC ModelStreamInfer)
+                body = body["inputs"][0]["data"].ravel()[0]  # the first input: one BYTES item
             texts.append(body.decode() if isinstance(body, (bytes, bytearray)) else str(body))
         return [self.words(text, context, idx) for idx, text in enumerate(texts)]

@@ -4,7 +4,7 @@
   HEALTHCHECK command run against a stub server, the baked config loaded as Settings.
 - Prometheus: ``promtool check config`` (and the rules it loads), the dashboard's PromQL
   through ``promtool check rules``.
-- Grafana: the dashboard's PromQL names only metrics that README.md's metrics table lists;
+- Grafana: the dashboard's PromQL names only metrics that docs/metrics.md's table lists;
   provisioning and compose mounts line up.
 - Helm: ``helm lint --strict`` and ``helm template`` (the real helm; skipped without it) with
   the chart's defaults and each values file in docker/helm/modelserve/ci/, every manifest
@@ -77,10 +77,10 @@ def validate_container(container: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The metric names the server exports: README.md's metrics table.
+# The metric names the server exports: docs/metrics.md's metrics table.
 
 def exported_metrics() -> set[str]:
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (ROOT / "docs" / "metrics.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(r"\|\s*metric\s*\|", line))
     names: set[str] = set()
     for line in lines[start + 2:]:
