@@ -97,9 +97,10 @@ docs: install-dev
 clean:
 	rm -rf $(VENV) .modelserve $(STORE)/*.mar $(STORE)/.built .pytest_cache
 
-# The gRPC stubs are committed (no protoc at install time); regenerate after editing the .proto.
+# The gRPC stubs are committed (no protoc at install time); regenerate after editing a .proto.
 protos: $(VENV)/.installed-dev
 	$(BIN)/python -m modelserve.server.transport.v2.protos.generate
+	$(BIN)/python -m modelserve.server.transport.torchserve.protos.generate
 
 # Refresh the locks on purpose (never as a side effect of install): every package moves to its
 # newest release within pyproject.toml's ranges, except the pins in requirements/constraints.in.

@@ -102,6 +102,9 @@ def ts_keys_by_setting() -> dict[str, list[str]]:
     for ts_key, setting in ts_config._PORT_FIELDS.items():
         keys.setdefault(setting, []).append(ts_key)
     keys.setdefault("host", []).append("inference_address")
+    # an https:// address, and enable_grpc_ssl, choose the TLS listeners
+    keys.setdefault("tls_listeners", []).extend([*ts_config._PORT_FIELDS,
+                                                 *sorted(ts_config._TLS_SWITCHES)])
     return keys
 
 

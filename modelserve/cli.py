@@ -6,10 +6,14 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from modelserve import __version__
+
+if TYPE_CHECKING:
+    from modelserve.ts_config import TsConfig
 
 app = typer.Typer(
     help="modelserve: serve TorchScript and ONNX models over TorchServe's REST API.",
@@ -67,12 +71,22 @@ def _print_banner(settings: object, errors: list[str]) -> None:
 
     assert isinstance(settings, Settings)
     host = settings.host
-    typer.echo(f"Inference API:  http://{host}:{settings.inference_port}  (/ping, /predictions)")
-    typer.echo(f"Management API: http://{host}:{settings.management_port}  (/models)")
-    typer.echo(f"Metrics API:    http://{host}:{settings.metrics_port}/metrics")
+    http, mgmt, metrics = ("https" if settings.uses_tls(name) else "http"
+                           for name in ("inference", "management", "metrics"))
+    typer.echo(f"Inference API:  {http}://{host}:{settings.inference_port}  (/ping, /predictions)")
+    typer.echo(f"Management API: {mgmt}://{host}:{settings.management_port}  (/models)")
+    typer.echo(f"Metrics API:    {metrics}://{host}:{settings.metrics_port}/metrics")
     if settings.grpc_inference_port:
+        tls = ", TLS" if settings.uses_tls("grpc") else ""
         typer.echo(f"OIP v2 gRPC:    {host}:{settings.grpc_inference_port}  "
-                   "(inference.GRPCInferenceService; REST /v2 on the inference port)")
+                   f"(inference.GRPCInferenceService{tls}; REST /v2 on the inference port)")
+    grpc_host = settings.grpc_torchserve_host or host
+    grpc_tls = ", TLS" if settings.uses_tls("grpc") else ""
+    for port, api in ((settings.grpc_torchserve_inference_port, "Inference"),
+                      (settings.grpc_torchserve_management_port, "Management")):
+        if port:
+            typer.echo(f"TorchServe gRPC {api}: {grpc_host}:{port}  "
+                       f"(org.pytorch.serve.grpc.{api.lower()}.{api}APIsService{grpc_tls})")
     for error in errors:
         typer.secho(f"failed to load {error}", fg=typer.colors.RED, err=True)
     sample = ",".join(str(v) for v in DIGIT_ZERO)
@@ -87,13 +101,32 @@ def _print_banner(settings: object, errors: list[str]) -> None:
         for item in settings.load_models)
     if serves_digits:  # the example model: a request that answers "zero"
         typer.echo(
-            f"Try: curl -s http://{host}:{settings.inference_port}/predictions/digits {auth}"
+            f"Try: curl -s {http}://{host}:{settings.inference_port}/predictions/digits {auth}"
             f"-H 'Content-Type: application/json' -d '[{sample}]'"
         )
     else:
-        typer.echo(f"Try: curl -s http://{host}:{settings.inference_port}/ping")
+        typer.echo(f"Try: curl -s {http}://{host}:{settings.inference_port}/ping")
     typer.echo("Model server started.")  # the line TorchServe's scripts and tests wait for
     typer.echo("Press Ctrl-C to stop the server and its workers.")
+
+
+def _ts_properties(ts: TsConfig | None, ts_file: Path | None, model_store: Path | None,
+                   models: list[str] | None, enable_model_api: bool,
+                   disable_token_auth: bool) -> dict[str, str]:
+    """What TorchServe's ConfigManager holds of its config file and flags: the keys each of its
+    snapshot files carries."""
+    props: dict[str, str] = {}
+    if ts is not None and ts_file is not None:
+        props = {**ts.properties, "tsConfigFile": str(ts_file)}
+    if model_store is not None:
+        props["model_store"] = str(model_store)
+    if models:
+        props["load_models"] = ",".join(models)
+    if enable_model_api:
+        props["enable_model_api"] = "true"
+    if disable_token_auth:
+        props["disable_token_authorization"] = "true"
+    return props
 
 
 @app.command()
@@ -134,16 +167,18 @@ def start(
         "background)."),
 ) -> None:
     """Start the server in the foreground; Ctrl-C stops it and every worker."""
-    from modelserve.config import load_settings
+    from modelserve.config import Settings, load_settings
     from modelserve.personality import torchserve_defaults
+    from modelserve.server.engine.ts_snapshot import (
+        latest_snapshot,
+        missing_archives,
+        snapshot_dir,
+    )
     from modelserve.ts_config import read_ts_config
 
-    try:
-        ts = read_ts_config(ts_config) if ts_config else None
+    def load(ts: TsConfig | None, ts_file: Path | None) -> Settings:
         ts_values = ts.settings if ts else {}
-        as_torchserve = (personality or (Personality.torchserve if ts else None)) \
-            == Personality.torchserve
-        settings = load_settings(
+        return load_settings(
             config, ts_values=ts_values,
             personality=torchserve_defaults(ts_values) if as_torchserve else None,
             model_store=model_store,
@@ -153,7 +188,30 @@ def start(
             disable_token_auth=True if disable_token_auth else None,
             enable_model_api=True if enable_model_api else None,
             model_snapshot=False if no_config_snapshots else None,
+            ts_config_snapshots=False if no_config_snapshots else None,
+            ts_properties=_ts_properties(ts, ts_file, model_store, models, enable_model_api,
+                                         disable_token_auth),
         )
+
+    restored = None
+    try:
+        ts = read_ts_config(ts_config) if ts_config else None
+        as_torchserve = (personality or (Personality.torchserve if ts else None)) \
+            == Personality.torchserve
+        settings = load(ts, ts_config)
+        if ts is None and settings.ts_config_snapshots:
+            # ConfigManager: started without a config file, TorchServe reads its latest snapshot
+            restored = ts_config = latest_snapshot(snapshot_dir(settings))
+            if ts_config is not None:
+                ts = read_ts_config(ts_config)
+                settings = load(ts, ts_config)
+        if ts is None and as_torchserve and Path("config.properties").is_file():
+            ts_config = Path("config.properties")  # ...else the working directory's config
+            ts = read_ts_config(ts_config)
+            settings = load(ts, ts_config)
+        missing = missing_archives(settings)  # SnapshotManager.validate: no start without them
+        if missing:
+            raise ValueError("; ".join(missing))
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -161,6 +219,12 @@ def start(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from modelserve.server.observability.logfiles import open_log_files
+
+    open_log_files(settings)  # TorchServe's log files, when log_dir / metrics_log_dir are set
+    if restored is not None:
+        logging.getLogger("modelserve.snapshot").info("starting from the latest TorchServe "
+                                                      "snapshot, %s", restored)
     for warning in ts.warnings if ts else []:
         level = logging.INFO if ": ignored, " in warning else logging.WARNING
         logging.getLogger("modelserve.ts_config").log(level, "%s: %s", ts_config, warning)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -28,6 +28,20 @@ DelayMs = Annotated[float, Field(ge=0, le=86_400_000, allow_inf_nan=False)]  # a
 TimeoutS = Annotated[float, Field(gt=0, le=604_800, allow_inf_nan=False)]  # at most a week
 # Batches one worker runs at once (modelserve.worker.lanes); "auto": the handler decides.
 BatchThreads = Annotated[int, Field(ge=1, le=64)] | Literal["auto"]
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _header_value(value: Any) -> Any:
+    """A CORS header's value: a string as is, a list joined with ", "; empty: no header."""
+    if isinstance(value, list | tuple):
+        value = ", ".join(str(item).strip() for item in value)
+    return value.strip() or None if isinstance(value, str) else value
+
+
+CorsValue = Annotated[str | None, BeforeValidator(_header_value)]
 
 
 class Settings(BaseSettings):
@@ -47,6 +61,16 @@ class Settings(BaseSettings):
     grpc_inference_port: int = Field(
         8085, ge=0, le=65535,
         description="OIP v2 gRPC (GRPCInferenceService) port; 0 turns gRPC off.")
+    grpc_torchserve_inference_port: int = Field(
+        0, ge=0, le=65535, description="TorchServe's gRPC inference API (its inference.proto: "
+        "Ping, Predictions, StreamPredictions, StreamPredictions2) port; 0: off. Under "
+        "--ts-config: 7070 (grpc_inference_port).")
+    grpc_torchserve_management_port: int = Field(
+        0, ge=0, le=65535, description="TorchServe's gRPC management API (its "
+        "management.proto) port; 0: off. Under --ts-config: 7071 (grpc_management_port).")
+    grpc_torchserve_host: str | None = Field(
+        None, description="Address TorchServe's two gRPC APIs bind to; None: host. Under "
+        "--ts-config: 127.0.0.1 (grpc_inference_address).")
     model_store: Path = Field(Path("model_store"), description="Where archive names resolve.")
     load_models: list[str] = Field(
         default_factory=list,
@@ -107,6 +131,17 @@ class Settings(BaseSettings):
     enable_model_api: bool = Field(
         True, description="Allow POST/DELETE /models (register/unregister); false: 405."
     )
+    timeout_status: Literal[500, 504] = Field(
+        504, description="HTTP status of a request whose batch outlived response_timeout: "
+        "504 Gateway Timeout (modelserve), or 500 as TorchServe answers (the default under "
+        "--ts-config). The worker is recycled either way.")
+    auth_failure_status: Literal[400, 401] = Field(
+        401, description="Status of a request without the right key: 401 (modelserve), or "
+        "400 as TorchServe answers (the default under --ts-config).")
+    token_expiration_min: float | None = Field(
+        None, gt=0, description="Minutes the inference and management keys stay valid after "
+        "the server starts or rotates them (GET /token); unset: they do not expire. "
+        "TorchServe's token_expiration_min, 60 by default under --ts-config.")
     strict_params: bool = Field(
         True, description="Refuse a malformed management-API query value with 400 "
         "(modelserve's default). false: read query values as TorchServe's frontend does: an "
@@ -123,6 +158,39 @@ class Settings(BaseSettings):
     max_archive_ratio: float = Field(
         200.0, gt=1, description="Largest extracted/compressed size ratio (zip bombs)."
     )
+    # -- TLS and CORS (modelserve.server.transport.tls, .http.cors) ----------------------------
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain, the server's certificate first, for the "
+        "listeners in tls_listeners (TorchServe: certificate_file).")
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of tls_cert_file, unencrypted; None: the key is in "
+        "tls_cert_file (TorchServe: private_key_file).")
+    tls_keystore: Path | None = Field(
+        None, description="A PKCS12 keystore with the private key and its certificate chain, "
+        "instead of tls_cert_file (TorchServe: keystore).")
+    tls_keystore_password: SecretStr | None = Field(
+        None, description="The keystore's password; None: TorchServe's default, changeit "
+        "(TorchServe: keystore_pass).")
+    tls_keystore_type: Annotated[Literal["PKCS12"], BeforeValidator(_upper)] = Field(
+        "PKCS12", description="PKCS12, the only keystore type read here (TorchServe: "
+        "keystore_type; convert a JKS keystore with keytool -importkeystore).")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA certificates: every TLS listener then asks for a client "
+        "certificate signed by one of them (mutual TLS).")
+    tls_listeners: list[Literal["inference", "management", "metrics", "grpc"]] | None = Field(
+        None, description="The listeners that serve TLS ('grpc': every gRPC server). None: all "
+        "of them when tls_cert_file, tls_key_file or tls_keystore is set, else none. A "
+        "listener named here with no certificate set serves a self-signed one, as TorchServe "
+        "does.")
+    cors_allowed_origin: CorsValue = Field(
+        None, description="Access-Control-Allow-Origin sent on every HTTP response ('*' or an "
+        "origin); None: no CORS (TorchServe's cors_allowed_origin).")
+    cors_allowed_methods: CorsValue = Field(
+        None, description="Access-Control-Allow-Methods sent on every HTTP response, e.g. "
+        "'GET, POST, PUT, OPTIONS' (TorchServe's cors_allowed_methods).")
+    cors_allowed_headers: CorsValue = Field(
+        None, description="Access-Control-Allow-Headers sent on every HTTP response, e.g. "
+        "'Authorization, Content-Type' (TorchServe's cors_allowed_headers).")
     # -- reliability -------------------------------------------------------------------------
     shutdown_grace_period: float = Field(
         30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests."
@@ -136,12 +204,54 @@ class Settings(BaseSettings):
         "them at start."
     )
     state_dir: Path | None = Field(None, description="Default <workdir>/state.")
+    ts_config_snapshots: bool = Field(
+        False, description="Write TorchServe's config snapshots, <ts_snapshot_dir>/"
+        "<yyyyMMddHHmmssSSS>-startup|snapshot|shutdown.cfg, at start, after every management "
+        "change and at stop, and start from the latest one when no --ts-config is given (the "
+        "default under the TorchServe personality; --ncs: false).")
+    ts_snapshot_dir: Path | None = Field(
+        None, description="Where TorchServe's config snapshots go; default <log_dir>/config, "
+        "else $LOG_LOCATION/config, else logs/config (TorchServe's).")
+    ts_model_snapshot: dict[str, dict[str, dict[str, Any]]] | None = Field(
+        None, description="The models a TorchServe snapshot registers at start instead of "
+        "load_models and models.json: its model_snapshot key's models (name -> version -> "
+        "{marName, minWorkers, maxWorkers, batchSize, ...}); set by --ts-config.")
+    ts_properties: dict[str, str] = Field(
+        default_factory=dict, description="The config.properties keys each TorchServe snapshot "
+        "file carries (set from --ts-config and TorchServe's flags).")
     log_level: Annotated[Literal["debug", "info", "warning", "error"],
                          BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = Field(
         "info", description="debug, info, warning or error.")
     access_log: bool = Field(
-        False, description="Log every HTTP request as a JSON line (costs some throughput)."
+        False, description="Log every HTTP request, one line each (costs some throughput)."
     )
+    access_log_format: Literal["json", "torchserve"] = Field(
+        "json", description="json: a JSON object per request; torchserve: TorchServe's line, "
+        "'/IP:PORT \"METHOD URI HTTP/1.1\" STATUS MS' (the default under --ts-config).")
+    # -- TorchServe's log files and metrics log -----------------------------------------------
+    log_dir: Path | None = Field(
+        None, description="Write TorchServe's log files here: access_log.log, model_log.log "
+        "(the workers' output), ts_log.log (everything). None: no files. Under --ts-config: "
+        "$LOG_LOCATION, else logs.")
+    metrics_log_dir: Path | None = Field(
+        None, description="Where ts_metrics.log and model_metrics.log go; None: log_dir. "
+        "Under --ts-config: $METRICS_LOCATION, else logs.")
+    metrics_mode: Literal["prometheus", "log", "legacy"] = Field(
+        "prometheus", description="prometheus: metrics on /metrics only. log: also as "
+        "TorchServe's metric lines in ts_metrics.log and model_metrics.log (TorchServe's "
+        "default, so the default under --ts-config). legacy: log, less the ts_inference_* "
+        "counters. /metrics serves Prometheus in every mode.")
+    metrics_config: Path | None = Field(
+        None, description="A TorchServe metrics.yaml: which metrics the metrics log writes, "
+        "with their units and dimension names. None: TorchServe's default selection.")
+    model_metrics_auto_detect: bool = Field(
+        False, description="Metrics log: also write handler metrics metrics_config does not "
+        "name (TorchServe's model_metrics_auto_detect).")
+    disable_system_metrics: bool = Field(
+        False, description="Metrics log: leave out TorchServe's host metrics (CPU, memory, "
+        "disk, GPU).")
+    metric_time_interval: int = Field(
+        60, ge=1, le=86_400, description="Metrics log: seconds between host metric readings.")
 
     @property
     def key_path(self) -> Path:
@@ -150,6 +260,13 @@ class Settings(BaseSettings):
     @property
     def state_path(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.workdir / "state"
+
+    def uses_tls(self, listener: str) -> bool:
+        """Whether ``listener`` (inference, management, metrics or grpc) serves TLS."""
+        if self.tls_listeners is not None:
+            return listener in self.tls_listeners
+        return any(path is not None for path in (self.tls_cert_file, self.tls_key_file,
+                                                  self.tls_keystore))
 
     @classmethod
     def settings_customise_sources(

@@ -10,9 +10,10 @@ frontend -> worker
     ``{"op": "cancel", "id": int, "idx": int}``  (a streamed request's client went away)
 worker -> frontend
     ``{"op": "ready", "pid": int, "device": str, "load_ms": float, "signature": dict|None,
-    "batch_threads": int}``
+    "batch_threads": int, "batch_limit": int|None}``
     (``signature``: the model's OIP v2 metadata, platform, inputs and outputs, when known;
-    ``batch_threads``: how many batches it runs at once, modelserve.worker.lanes)
+    ``batch_threads``: how many batches it runs at once, modelserve.worker.lanes;
+    ``batch_limit``: the largest batch its model takes, when less than the batch size)
     ``{"op": "lanes", "n": int}``  (it now runs ``n`` batches at once)
     ``{"op": "load_failed", "error": str, "status": int}``  (400: the handler is not in the
     archive; 500: anything else)

@@ -10,8 +10,9 @@ Each entry of ``TsConfig.warnings`` names its key first. ``"KEY: ignored, ..."``
 informational: the key has no effect here and none is needed. ``"KEY...: not supported, ..."``
 entries mean TorchServe would behave differently; ``"KEY: unknown TorchServe key, ..."``
 entries are probably typos. Other entries explain how a mapped value was read. The keys that
-set nothing here, and their warnings, are in ``modelserve.ts_unmapped``; the file's Java
-syntax is read by the javaproperties library.
+set nothing here, and their warnings, are in ``modelserve.ts_unmapped``; the listener
+addresses and TLS's switches are read by ``modelserve.ts_listeners``; the file's Java syntax
+is read by the javaproperties library.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from typing import Any
 import javaproperties
 
 from modelserve.config import ModelConfig
+from modelserve.ts_env import SWITCHES, with_environment
+from modelserve.ts_grpc import GRPC_FIELDS, map_grpc
+from modelserve.ts_listeners import PORT_FIELDS as _PORT_FIELDS
+from modelserve.ts_listeners import TLS_SWITCHES as _TLS_SWITCHES
+from modelserve.ts_listeners import map_listeners
 from modelserve.ts_unmapped import java_bool, unmapped_warning
 
 __all__ = ["TsConfig", "parse_properties", "read_ts_config"]
@@ -103,6 +109,13 @@ def _integer(key: str, value: str, warnings: Warnings) -> int:
         raise ValueError(f"{key}: expected an integer, got {value!r}") from None
 
 
+def _minutes(key: str, value: str, warnings: Warnings) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ValueError(f"{key}: expected a number of minutes, got {value!r}") from None
+
+
 def _seconds(key: str, value: str, warnings: Warnings) -> float:
     try:
         return float(value.strip())
@@ -118,6 +131,33 @@ def _boolean(key: str, value: str, warnings: Warnings) -> bool:
 
 def _path(key: str, value: str, warnings: Warnings) -> str:
     return value.strip()
+
+
+def _metrics_mode(key: str, value: str, warnings: Warnings) -> str:
+    """ConfigManager.getMetricsMode: blanks dropped, any case; anything else is log."""
+    mode = re.sub(r"\s", "", value).lower()
+    if mode not in ("log", "prometheus", "legacy"):
+        warnings.append(f"{key}: {value!r} is not log, prometheus or legacy; read as log, as "
+                        "TorchServe does")
+        return "log"
+    return mode
+
+
+def _text(key: str, value: str, warnings: Warnings) -> str:
+    return value.strip()
+
+
+def _secret(key: str, value: str, warnings: Warnings) -> str:
+    return value  # a password: as written
+
+
+def _keystore_type(key: str, value: str, warnings: Warnings) -> str:
+    """Java's KeyStore.getInstance: PKCS12 in any case is read here; JKS and others are not."""
+    if value.strip().upper() != "PKCS12":
+        raise ValueError(f"{key}={value.strip()}: only PKCS12 keystores can be read here; "
+                         "convert it: keytool -importkeystore -srckeystore KEYSTORE "
+                         "-destkeystore keystore.p12 -deststoretype PKCS12")
+    return "PKCS12"
 
 
 def _comma_list(value: str) -> list[str]:
@@ -203,6 +243,24 @@ def _models(key: str, value: str, warnings: Warnings) -> dict[str, dict[str, dic
     return models
 
 
+def _model_snapshot(key: str, value: str, warnings: Warnings) -> dict[str, Any]:
+    """A TorchServe snapshot's models (SnapshotManager.restore): name -> version -> state,
+    each naming its archive (marName); none when its modelCount is 0."""
+    snapshot = _parse_json(key, value)
+    models = snapshot.get("models") if isinstance(snapshot, dict) else None
+    if not isinstance(models, dict):
+        raise ValueError(f'{key}: expected a TorchServe snapshot, {{"models": {{name: '
+                         '{version: {"marName": ARCHIVE, ...}}}}')
+    for name, versions in models.items():
+        if not isinstance(versions, dict) or not all(
+                isinstance(state, dict) and isinstance(state.get("marName"), str)
+                for state in versions.values()):
+            raise ValueError(f'{key}: model {name!r} is not {{version: {{"marName": ARCHIVE, '
+                             '...}}')
+    count = snapshot.get("modelCount")
+    return {} if isinstance(count, int) and count <= 0 else models
+
+
 _Converter = Callable[[str, str, Warnings], Any]
 
 # TorchServe key -> (Settings field, converter)
@@ -219,89 +277,25 @@ _MAPPED: dict[str, tuple[str, _Converter]] = {
     "default_startup_timeout": ("startup_timeout", _seconds),
     "models": ("models", _models),
     "disable_token_authorization": ("disable_token_auth", _boolean),
+    "token_expiration_min": ("token_expiration_min", _minutes),
     "enable_model_api": ("enable_model_api", _boolean),
+    "model_snapshot": ("ts_model_snapshot", _model_snapshot),
+    "metrics_mode": ("metrics_mode", _metrics_mode),
+    "metrics_config": ("metrics_config", _path),
+    "model_metrics_auto_detect": ("model_metrics_auto_detect", _boolean),
+    "disable_system_metrics": ("disable_system_metrics", _boolean),
+    "metric_time_interval": ("metric_time_interval", _integer),
+    # ConfigManager.getSslContext: a keystore first, else the PEM pair
+    "certificate_file": ("tls_cert_file", _path),
+    "private_key_file": ("tls_key_file", _path),
+    "keystore": ("tls_keystore", _path),
+    "keystore_pass": ("tls_keystore_password", _secret),
+    "keystore_type": ("tls_keystore_type", _keystore_type),
+    # NettyUtils.sendHttpResponse: sent as written on every response
+    "cors_allowed_origin": ("cors_allowed_origin", _text),
+    "cors_allowed_methods": ("cors_allowed_methods", _text),
+    "cors_allowed_headers": ("cors_allowed_headers", _text),
 }
-
-# -- listener addresses ---------------------------------------------------------------------
-
-_PORT_FIELDS = {
-    "inference_address": "inference_port",
-    "management_address": "management_port",
-    "metrics_address": "metrics_port",
-}
-# TorchServe's ports when an address names none (Connector.parse): (http, https).
-_DEFAULT_PORTS = {
-    "inference_address": (80, 443),
-    "management_address": (8081, 8444),
-    "metrics_address": (8082, 8445),
-}
-_ADDRESS = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+)(?::([0-9]+))?", re.IGNORECASE)
-_TS_DEFAULT_HOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class _Address:
-    secure: bool
-    host: str
-    port: int
-
-
-def _parse_address(key: str, value: str) -> _Address:
-    text = value.strip()
-    if text.lower().startswith("unix:"):
-        raise ValueError(f"{key}: Unix domain sockets are not supported; use http://HOST:PORT")
-    match = _ADDRESS.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{key}: expected http://HOST:PORT, got {value!r}")
-    scheme, host, port = match.groups()
-    secure = scheme.lower() == "https"
-    number = int(port) if port else _DEFAULT_PORTS[key][secure]
-    if not 0 < number < 65536:
-        raise ValueError(f"{key}: port {number} is out of range")
-    return _Address(secure, host.strip("[]"), number)
-
-
-def _check_distinct_ports(addresses: dict[str, _Address]) -> None:
-    seen: dict[int, str] = {}
-    for key, address in addresses.items():
-        if address.port in seen:
-            raise ValueError(
-                f"{seen[address.port]} and {key} share port {address.port}: TorchServe then "
-                "serves both APIs on one port, modelserve needs a port per API"
-            )
-        seen[address.port] = key
-
-
-def _choose_host(addresses: dict[str, _Address], warnings: Warnings) -> str | None:
-    """The inference address's host: modelserve binds its three listeners to one host."""
-    inference = addresses.get("inference_address")
-    if inference is None:  # TorchServe's inference listener stays on its default host
-        reference, follows = _TS_DEFAULT_HOST, "the host setting, as inference_address is unset"
-    else:
-        reference, follows = inference.host, f"inference_address ({inference.host})"
-    for key, address in addresses.items():
-        if address.host != reference:
-            warnings.append(
-                f"{key}: binds {address.host}, but modelserve binds all three listeners to "
-                f"one host; it follows {follows}"
-            )
-    return None if inference is None else inference.host
-
-
-def _map_addresses(props: Mapping[str, str], config: TsConfig) -> None:
-    addresses = {key: _parse_address(key, props[key]) for key in _PORT_FIELDS if key in props}
-    _check_distinct_ports(addresses)
-    for key, address in addresses.items():
-        config.settings[_PORT_FIELDS[key]] = address.port
-        if address.secure:
-            config.warnings.append(
-                f"{key}: https is not supported (no TLS here); serving plain HTTP on port "
-                f"{address.port}: terminate TLS in a proxy in front"
-            )
-    host = _choose_host(addresses, config.warnings)
-    if host is not None:
-        config.settings["host"] = host
-
 
 # -- the file -------------------------------------------------------------------------------
 
@@ -312,6 +306,7 @@ class TsConfig:
 
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)  # as read: what snapshots keep
 
 
 def _read_text(path: Path) -> str:
@@ -329,11 +324,13 @@ def read_ts_config(path: Path) -> TsConfig:
     Raises ValueError for a value that cannot be honoured at all (bad number, address,
     regex or models= JSON, unset environment variable).
     """
-    props = parse_properties(_read_text(Path(path)))
-    config = TsConfig()
-    _map_addresses(props, config)
+    props = with_environment(parse_properties(_read_text(Path(path))), os.environ)
+    config = TsConfig(properties=dict(props))
+    map_listeners(props, config.settings, config.warnings)
+    map_grpc(props, config.settings, config.warnings)
     for key, value in props.items():
-        if key in _PORT_FIELDS:
+        if (key in _PORT_FIELDS or key in SWITCHES or key in _TLS_SWITCHES
+                or key in GRPC_FIELDS):
             continue
         if key in _MAPPED:
             name, convert = _MAPPED[key]

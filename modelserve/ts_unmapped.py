@@ -37,10 +37,6 @@ def _when_empty(value: str) -> bool:
     return not value.strip()
 
 
-def _when_prometheus(value: str) -> bool:
-    return value.strip().lower() == "prometheus"
-
-
 @dataclass(frozen=True)
 class _Rule:
     """Why a key sets nothing here, and for which values that changes nothing."""
@@ -68,11 +64,8 @@ def _depends(harmless: Callable[[str], bool], note: str) -> _Rule:
 _NETTY = _harmless("the frontend is one asyncio event loop (uvicorn); no Netty threads")
 _NETTY_IO = _harmless("Netty I/O setting; the frontend runs on uvloop")
 _SNAPSHOT_FIELD = _harmless("written by TorchServe into its snapshots; informational")
-_NO_SYSTEM_METRICS = "TorchServe's system metrics (CPU, memory, disk, GPU) are not collected here"
-_TLS = _unsupported("modelserve has no TLS; terminate TLS in a proxy in front")
-_GRPC = _unsupported("TorchServe's gRPC APIs are not served (modelserve's OIP v2 gRPC "
-                      "has its own grpc_inference_port setting)")
-_CORS = _unsupported("no CORS headers are sent; add them in a proxy in front")
+_GRPC = _unsupported("gRPC connections have no maximum age here (grpcio's default, and "
+                      "TorchServe's when the key is unset)")
 _SEQUENCE = _unsupported("modelserve has no sequence batching (stateful models)")
 _IPEX = _depends(_when_false, "Intel Extension for PyTorch is never applied here")
 _CPU_LAUNCHER = (
@@ -96,26 +89,17 @@ IGNORED: dict[str, _Rule] = {
     "cpp_log_config": _harmless("there is no C++ backend here"),
     "unregister_model_timeout": _harmless("unregistering gives each worker modelserve's own "
                                           "grace period to finish its batches"),
-    "snapshot_store": _harmless("modelserve keeps its own snapshot (state_dir/models.json), "
-                                "not TorchServe's config snapshots"),
+    "snapshot_store": _harmless("TorchServe 0.12 reads it nowhere either: snapshots are "
+                                "files in ts_snapshot_dir ($LOG_LOCATION/config)"),
     "tsConfigFile": _SNAPSHOT_FIELD,
     "version": _SNAPSHOT_FIELD,
-    "use_env_allowed_urls": _harmless("TS_ALLOWED_URLS is never read here (note: "
-                                      "MODELSERVE_ALLOWED_URLS always is)"),
-    # Metrics: always Prometheus text on metrics_port.
+    # Metrics: Prometheus text on metrics_port in every metrics_mode (a mapped key).
     "metrics_format": _harmless("metrics are always in Prometheus format here"),
-    "metrics_config": _harmless("metrics.yaml is not read: the frontend's metrics are fixed "
-                                "and handler metrics appear on /metrics as they are emitted"),
-    "model_metrics_auto_detect": _harmless("handler metrics are always exported, without "
-                                           "being declared"),
-    "metric_time_interval": _harmless("it paces TorchServe's system metrics, which are not "
-                                      "collected here; /metrics is computed at each scrape"),
-    "metrics_mode": _depends(_when_prometheus, "metrics are always in Prometheus format on "
-                             "/metrics here, never written to log files"),
     "enable_metrics_api": _depends(java_bool, "the metrics API on metrics_port is always on "
                                    "here; keep the port private if it must not be read"),
-    "disable_system_metrics": _depends(java_bool, _NO_SYSTEM_METRICS),
-    "system_metrics_cmd": _unsupported(_NO_SYSTEM_METRICS),
+    "system_metrics_cmd": _unsupported("no script is run for the host metrics: the frontend "
+                                       "reads CPU, memory and disk itself, GPUs with "
+                                       "nvidia-smi"),
     # Request handling.
     "decode_input_request": _depends(java_bool, "request bodies are always decoded here "
                                      "(JSON parsed, text/* as str), as TorchServe does with "
@@ -132,21 +116,9 @@ IGNORED: dict[str, _Rule] = {
     "ts_header_key_sequence_id": _SEQUENCE,
     "ts_header_key_sequence_start": _SEQUENCE,
     "ts_header_key_sequence_end": _SEQUENCE,
-    # Security: modelserve has no TLS, CORS or environment filter.
-    "keystore": _TLS,
-    "keystore_pass": _TLS,
-    "keystore_type": _TLS,
-    "private_key_file": _TLS,
-    "certificate_file": _TLS,
-    "cors_allowed_origin": _CORS,
-    "cors_allowed_methods": _CORS,
-    "cors_allowed_headers": _CORS,
-    "token_expiration_min": _harmless("modelserve's keys do not expire; rotate them with "
-                                      "GET /token?type= and the API key"),
+    # Security (TLS and CORS keys are mapped): no environment filter.
     "blacklist_env_vars": _depends(_when_empty, "workers inherit the server's whole "
                                    "environment; unset secrets before starting modelserve"),
-    "enable_envvars_config": _depends(_when_false, "TS_<KEY> environment variables are never "
-                                      "read here; MODELSERVE_<KEY> ones always are"),
     # Features modelserve does not have.
     "number_of_gpu": _unsupported("every visible GPU is used (worker i on cuda:i mod n); "
                                   "limit them with CUDA_VISIBLE_DEVICES (empty: CPU only)"),
@@ -160,21 +132,14 @@ IGNORED: dict[str, _Rule] = {
     "plugins_path": _unsupported("TorchServe's Java plugins (endpoints, snapshot "
                                  "serializers) cannot load here"),
     "workflow_store": _unsupported("modelserve serves no workflows (.war archives)"),
-    "model_snapshot": _unsupported("TorchServe's snapshots are not read (modelserve keeps "
-                                   "its own); name the models in load_models"),
-    "grpc_inference_address": _GRPC,
-    "grpc_management_address": _GRPC,
-    "grpc_inference_port": _GRPC,
-    "grpc_management_port": _GRPC,
     "grpc_inference_max_connection_age_ms": _GRPC,
     "grpc_management_max_connection_age_ms": _GRPC,
     "grpc_inference_max_connection_age_grace_ms": _GRPC,
     "grpc_management_max_connection_age_grace_ms": _GRPC,
-    "enable_grpc_ssl": _GRPC,
 }
 
 # Keys TorchServe may add within these families get their family's rule.
-_FAMILIES = {"grpc_": _GRPC, "cors_": _CORS}
+_FAMILIES = {"grpc_": _unsupported("a TorchServe gRPC setting with no equivalent here")}
 
 
 def _rule_for(key: str) -> _Rule | None:

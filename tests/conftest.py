@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -143,12 +144,16 @@ class Server:
     proc: subprocess.Popen | None = None
     # Token auth is off in tests unless a test opts in (tests/integration/test_auth.py).
     auth: bool = False
+    # "https": the HTTP listeners serve TLS (tests/integration/test_tls.py); ``verify`` is
+    # httpx's for the readiness check (an ssl.SSLContext that trusts the test CA)
+    scheme: str = "http"
+    verify: Any = True
 
     def __post_init__(self) -> None:
         self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc")}
-        self.inference = f"http://127.0.0.1:{self.ports['inference']}"
-        self.management = f"http://127.0.0.1:{self.ports['management']}"
-        self.metrics = f"http://127.0.0.1:{self.ports['metrics']}"
+        self.inference = f"{self.scheme}://127.0.0.1:{self.ports['inference']}"
+        self.management = f"{self.scheme}://127.0.0.1:{self.ports['management']}"
+        self.metrics = f"{self.scheme}://127.0.0.1:{self.ports['metrics']}"
         self.grpc = f"127.0.0.1:{self.ports['grpc']}"
         self.log_path = self.root / "server.log"
 
@@ -158,6 +163,10 @@ class Server:
             "management_port": self.ports["management"],
             "metrics_port": self.ports["metrics"],
             "grpc_inference_port": self.ports["grpc"],
+            # TorchServe's gRPC APIs: off unless a test gives them ports (the TorchServe
+            # personality would take 7070/7071, which servers running side by side share)
+            "grpc_torchserve_inference_port": 0,
+            "grpc_torchserve_management_port": 0,
             "model_store": str(self.store),
             "load_models": self.load_models,
             "workdir": str(self.root / "work"),
@@ -170,13 +179,15 @@ class Server:
             [sys.executable, "-m", "modelserve", "start", "--config", str(config_path),
              *([] if self.auth else ["--disable-token-auth"]), *self.extra_args],
             stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=env,
+            cwd=self.root,  # relative paths it writes (logs/, key_file.json) stay in root
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.inference}/ping", timeout=1).status_code == 200:
+                ping = httpx.get(f"{self.inference}/ping", timeout=1, verify=self.verify)
+                if ping.status_code == 200:
                     if "Press Ctrl-C" in self.log():
                         return self
             except httpx.HTTPError:

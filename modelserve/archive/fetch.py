@@ -3,6 +3,11 @@
 A name or relative path resolves inside the model store. An ``http(s)://`` or ``file://`` URL,
 or an absolute path outside the store, must match one of ``allowed_urls`` (full-match regexes,
 as TorchServe's); http(s) archives are downloaded once into the work directory.
+
+A symbolic link in the model store is followed wherever it points, as TorchServe does (its
+test helpers link every archive into the store): whoever put it there trusts its target. A
+client's path reaches through such a link only by naming it, without ``..``: otherwise what
+the path resolves to must itself be in the store or match ``allowed_urls``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,14 @@ def _download(url: str, workdir: Path) -> Path:
     return target
 
 
+def _via_store_link(path: Path, store_paths: tuple[Path, ...]) -> bool:
+    """``path`` names an entry of the store (through the operator's links) without ``..``."""
+    if ".." in path.parts:
+        return False
+    absolute = Path(os.path.abspath(path))  # no symlink resolved: the path as named
+    return any(absolute.is_relative_to(store) and absolute != store for store in store_paths)
+
+
 def resolve_archive(url: str, model_store: Path, workdir: Path, allowed_urls: list[str]) -> Path:
     """The local path of the archive ``url`` names (downloading it if it is http(s))."""
     if not url:
@@ -65,7 +78,8 @@ def resolve_archive(url: str, model_store: Path, workdir: Path, allowed_urls: li
     store = model_store.resolve()
     candidate = path if path.is_absolute() else store / path
     try:
-        inside = candidate.resolve().is_relative_to(store)
+        inside = (candidate.resolve().is_relative_to(store)
+                  or _via_store_link(candidate, (store, Path(os.path.abspath(model_store)))))
         if not inside and not _allowed(f"file://{candidate.resolve()}", allowed_urls):
             raise BadRequestError(
                 f"{url} is outside the model store and does not match any allowed URL(s)"

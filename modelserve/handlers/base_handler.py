@@ -74,6 +74,9 @@ class BaseHandler:
         self.context: Any = None
         self.manifest: dict[str, Any] = {}
         self.model_dir: Path | None = None
+        # the largest batch the model can take, when it is less than batchSize (a torch.export
+        # model with a static batch of 1): the worker reports it and the server batches so
+        self.batch_limit: int | None = None
 
     def initialize(self, context: Any) -> None:
         self.context = context
@@ -89,6 +92,11 @@ class BaseHandler:
             self.model_dir / serialized if serialized else None, self.device,
             model_file=self.model_dir / model_file if model_file else None,
         )
+        batch_size = int(props.get("batch_size") or 1)
+        if getattr(self.model, "modelserve_static_batch", None) == 1 and batch_size > 1:
+            log.warning("the model takes batches of 1 only: serving it with batch size 1, "
+                        "not %d", batch_size)
+            self.batch_limit = 1
         mapping_file = self.model_dir / "index_to_name.json"
         if mapping_file.is_file():
             self.mapping = load_label_mapping(mapping_file)

@@ -20,3 +20,17 @@ class BadInputError(PredictionException):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 400)
+
+
+# What a request with no payload field was, and what to send instead (curl's defaults trip
+# people up: -d and --data-binary send application/x-www-form-urlencoded).
+NO_PAYLOAD = ("the request has no 'data' or 'body' field: a multipart or urlencoded form "
+              "whose fields are named otherwise")
+
+
+def missing_payload(what: str, example: str) -> BadInputError:
+    """The 400 for a request whose payload is not there, saying what to send."""
+    return BadInputError(f"expected {what}, but {NO_PAYLOAD}; send the {example} as the whole "
+                         "body (e.g. curl --data-binary @FILE -H 'Content-Type: "
+                         "application/octet-stream', or curl -T FILE), or as a form field "
+                         "named 'data'")

@@ -146,6 +146,7 @@ def _load_exported(path: Path, device: torch.device) -> torch.nn.Module:
         log.warning("%s was exported with a static batch of %d: other batch sizes fail; "
                     "export with dynamic_shapes={...: {0: torch.export.Dim('batch')}}",
                     path.name, dims[0])
+        module.modelserve_static_batch = dims[0]
     module.modelserve_input_shape = _sample_shape(dims)
     return module
 

@@ -21,7 +21,7 @@ import torch
 
 from modelserve import model_clock
 from modelserve.handlers.base_handler import BaseHandler
-from modelserve.handlers.errors import BadInputError
+from modelserve.handlers.errors import BadInputError, missing_payload
 from modelserve.handlers.runtimes import is_onnx
 from modelserve.handlers.vision import handle_per_request, label_for, row_value
 
@@ -113,6 +113,8 @@ def _as_text(value: Any) -> str:
             raise BadInputError(f"text must be UTF-8: {exc}") from None
     if isinstance(value, str):
         return value
+    if value is None:
+        raise missing_payload("UTF-8 text", "text")
     raise BadInputError(f"expected UTF-8 text, got {type(value).__name__}")
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from modelserve.handlers.base_handler import BaseHandler
-from modelserve.handlers.errors import BadInputError
+from modelserve.handlers.errors import BadInputError, missing_payload
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,6 +46,8 @@ def open_image(value: Any) -> Image.Image:
             value = base64.b64decode(value)
         except ValueError as exc:  # binascii.Error, or non-ASCII characters
             raise BadInputError(f"image string is not valid base64: {exc}") from None
+    if value is None:
+        raise missing_payload("an image (bytes or a base64 string)", "image")
     if not isinstance(value, (bytes, bytearray)):
         raise BadInputError(
             f"expected an image (bytes or a base64 string), got {type(value).__name__}"
@@ -131,7 +133,10 @@ def load_image(value: Any, transform: Transform) -> torch.Tensor:
                 f"an image sent as a list must be [C][H][W], got shape {list(tensor.shape)}"
             )
         return tensor
-    return transform(decode_image(value))
+    if transform is imagenet_transform:  # the built-in pipeline takes 3 channels
+        return transform(decode_image(value))
+    return transform(open_image(value))  # a handler's own transform: the image as it is,
+    # as TorchServe's VisionHandler gives it (a grayscale MNIST digit stays 1 channel)
 
 
 def preprocess_images(

@@ -1,4 +1,5 @@
-"""Run the listeners (inference, management, metrics; OIP v2 gRPC) on one event loop.
+"""Run the listeners (inference, management, metrics; OIP v2 gRPC, TorchServe's gRPC
+inference and management) on one event loop.
 
 The listeners come up first, so /ping answers (Unhealthy) while the startup models load.
 SIGINT/SIGTERM drain: readiness turns false (/ping 503 "Draining"), the listeners keep
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,9 +21,12 @@ import uvicorn
 
 from modelserve.config import Settings
 from modelserve.server.engine.dataplane import DataPlane
+from modelserve.server.observability import metrics_log
 from modelserve.server.observability.metrics import ServerMetrics
+from modelserve.server.transport import tls
 from modelserve.server.transport.auth import KeyStore, TokenAuth
 from modelserve.server.transport.http.access_log import AccessLog
+from modelserve.server.transport.http.cors import with_cors
 from modelserve.server.transport.http.disconnect import DisconnectProbe
 from modelserve.server.transport.http.limits import BodyLimit
 from modelserve.server.transport.http.paths import TrailingSlash
@@ -43,12 +48,15 @@ class _Listener(uvicorn.Server):
         yield
 
 
-def _listener(app: Any, settings: Settings, port: int) -> _Listener:
+def _listener(app: Any, settings: Settings, port: int,
+              context: ssl.SSLContext | None = None) -> _Listener:
+    """``context``: serve TLS with it (modelserve.server.transport.tls), else plain HTTP."""
     config = uvicorn.Config(
         app, host=settings.host, port=port, http="httptools", loop="none", lifespan="off",
         log_level=settings.log_level, access_log=False, server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_period)),
+        ssl_context_factory=None if context is None else (lambda _config, _default: context),
     )
     return _Listener(config)
 
@@ -65,7 +73,18 @@ async def _serve(listener: _Listener) -> None:
 async def run_server(settings: Settings,
                      on_ready: Callable[[Settings, list[str]], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; returns the process exit code."""
-    metrics = ServerMetrics()
+    try:
+        metrics = ServerMetrics(metrics_log.from_settings(settings))
+    except ValueError as exc:  # a metrics_config that cannot be read
+        log.error("%s", exc)
+        return 2
+    try:  # TLS: a file that cannot be used stops the start in one line, before any bind
+        contexts = {name: tls.ssl_context(settings, name)
+                    for name in ("inference", "management", "metrics")}
+        grpc_credentials = tls.server_credentials(settings)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     dataplane = DataPlane(settings, metrics)
     v2 = V2Core(dataplane)
     inference: Any = create_inference_app(dataplane, settings, v2)
@@ -74,23 +93,28 @@ async def run_server(settings: Settings,
     keys: KeyStore | None = None
     if not settings.disable_token_auth:
         try:
-            keys = KeyStore(settings.key_path)
+            keys = KeyStore(settings.key_path, settings.token_expiration_min)
         except (OSError, ValueError) as exc:
             log.error("token authorization: %s", exc)
             return 2
-        inference = TokenAuth(inference, keys, "inference")
-        management = TokenAuth(management, keys, "management")
+        inference = TokenAuth(inference, keys, "inference", settings.auth_failure_status)
+        management = TokenAuth(management, keys, "management", settings.auth_failure_status)
     else:
         log.warning("token authorization is disabled: anyone who can reach the ports can "
                     "call every API")
-    apps: list[tuple[Any, int]] = [
-        (DisconnectProbe(StatusCounter(inference, metrics)), settings.inference_port),
-        (management, settings.management_port),
-        (create_metrics_app(metrics), settings.metrics_port),
+    # CORS outside token authorization: a 401 carries the headers, a preflight needs no key
+    inference, management = with_cors(inference, settings), with_cors(management, settings)
+    apps: list[tuple[Any, int, str]] = [
+        (DisconnectProbe(StatusCounter(inference, metrics)), settings.inference_port,
+         "inference"),
+        (management, settings.management_port, "management"),
+        (with_cors(create_metrics_app(metrics), settings, describes_root=False),
+         settings.metrics_port, "metrics"),
     ]
     listeners = [
-        _listener(AccessLog(app) if settings.access_log else app, settings, port)
-        for app, port in apps
+        _listener(AccessLog(app, settings.access_log_format) if settings.access_log else app,
+                  settings, port, contexts[name])
+        for app, port, name in apps
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,7 +122,11 @@ async def run_server(settings: Settings,
         loop.add_signal_handler(sig, stop.set)
 
     tasks = [asyncio.create_task(_serve(s)) for s in listeners]
+    host_metrics = None  # TorchServe's system metrics, in the metrics log
+    if metrics.log is not None and not settings.disable_system_metrics:
+        host_metrics = asyncio.create_task(metrics.log.run_system(settings.metric_time_interval))
     grpc_server = None
+    ts_grpc: list[Any] = []  # TorchServe's gRPC inference and management servers
     deadline = loop.time()  # when in-flight work must be done, set at the stop signal
     try:
         if settings.grpc_inference_port:
@@ -106,7 +134,18 @@ async def run_server(settings: Settings,
                 grpc_server = await start_grpc_server(
                     v2, settings.host, settings.grpc_inference_port, settings.max_request_size,
                     settings.max_response_size,
-                    [TokenInterceptor(keys)] if keys is not None else None)
+                    [TokenInterceptor(keys)] if keys is not None else None,
+                    grpc_credentials)
+            except OSError as exc:
+                log.error("%s; stopping", exc)
+                return 1
+        if settings.grpc_torchserve_inference_port or settings.grpc_torchserve_management_port:
+            # imported only when served: its generated modules register TorchServe's proto
+            # names process-wide, which a process that never serves them should not pay for
+            from modelserve.server.transport.torchserve.grpc_server import start_torchserve_grpc
+
+            try:
+                ts_grpc = await start_torchserve_grpc(dataplane, keys, grpc_credentials)
             except OSError as exc:
                 log.error("%s; stopping", exc)
                 return 1
@@ -131,11 +170,14 @@ async def run_server(settings: Settings,
         return 0
     finally:
         dataplane.draining = True
+        if host_metrics is not None:
+            host_metrics.cancel()
         for s in listeners:
             s.should_exit = True
         if grpc_server is not None:
             # in-flight calls get the same deadline as HTTP requests (workers still run)
             await grpc_server.stop(grace=max(0.0, deadline - loop.time()))
+        await asyncio.gather(*(s.stop(grace=max(0.0, deadline - loop.time())) for s in ts_grpc))
         await asyncio.gather(*tasks, return_exceptions=True)
         await dataplane.shutdown(grace=max(0.0, deadline - loop.time()))
         log.info("stopped")

@@ -60,8 +60,25 @@ def _decode_multipart(content_type: str, body: bytes) -> dict[str, Any]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition") or "data"
         payload = part.get_payload(decode=True) or b""
+        if part.get("content-type") is None and part.get_filename() is not None:
+            # a file part with no type (python-requests' files=): bytes, as TorchServe's
+            # FileUpload; email would call it text/plain
+            fields[str(name)] = payload
+            continue
         fields[str(name)] = _decode_value(part.get_content_type(), payload)
     return fields
+
+
+_FIELD = rb"[A-Za-z0-9%+._~*\-]+=[A-Za-z0-9%+._~*\-=]*"
+_FORM = re.compile(_FIELD + rb"(&" + _FIELD + rb")*&?")
+
+
+def _form(body: bytes) -> dict[str, str] | None:
+    """The fields of an urlencoded form, or None for a body that is no form at all (every
+    field of a form has a name and an ``=``, in the characters urlencoding leaves)."""
+    if not _FORM.fullmatch(body):
+        return None
+    return dict(parse_qsl(body.decode("ascii"), keep_blank_values=True))
 
 
 def decode_request(content_type: str, body: bytes) -> dict[str, Any]:
@@ -73,7 +90,16 @@ def decode_request(content_type: str, body: bytes) -> dict[str, Any]:
         # curl -d sends JSON with this type; take it as JSON when it is JSON
         if _looks_like_json(body):
             return {"body": _parse_json(body)}
-        return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+        form = _form(body)
+        if form is not None:
+            return form
+        # curl -d "some text" and --data-binary @cat.jpg send this type too: a body that is
+        # not a form is the request's payload, text when it is UTF-8 (TorchServe would split
+        # it into nonsense fields and the handler would find no data)
+        try:
+            return {"body": body.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"body": body}
     return {"body": _decode_value(ct, body)}
 
 

@@ -25,6 +25,7 @@ class Context:
         gpu: int | None,
         model_yaml_config: dict[str, Any] | None = None,
         limit_max_image_pixels: bool = True,
+        metrics_config: str | None = None,
     ) -> None:
         self.model_name = model_name
         self.manifest = manifest
@@ -37,7 +38,7 @@ class Context:
             "server_version": __version__,
             "limit_max_image_pixels": limit_max_image_pixels,
         }
-        self.metrics = MetricsCache(model_name)
+        self.metrics = MetricsCache(model_name, metrics_config)
         self.request_ids: dict[int, str] = {}
         self._request_headers: list[dict[str, str]] = []
         self._response_status: dict[int, tuple[int, str]] = {}

@@ -41,6 +41,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifest", required=True, help="MANIFEST.json contents")
     p.add_argument("--model-yaml-config", default="{}", help="model-config.yaml as JSON")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--metrics-config", default=None,
+                   help="TorchServe metrics.yaml: its model_metrics are declared up front")
     p.add_argument("--index", type=int, default=0, help="worker number, picks the GPU")
     p.add_argument("--device-type", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--threads", type=int, default=1, help="torch threads, all lanes together")
@@ -57,6 +59,7 @@ def _context(args: argparse.Namespace, gpu: int | None) -> Context:
         batch_size=args.batch_size,
         gpu=gpu,
         model_yaml_config=json.loads(args.model_yaml_config),
+        metrics_config=args.metrics_config,
     )
 
 
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     gate = lanes.Gate(channel, count, adaptive=args.batch_threads == lanes.AUTO,
                       threads=args.threads)
     ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms,
-             "signature": signature, "batch_threads": gate.open}
+             "signature": signature, "batch_threads": gate.open,
+             "batch_limit": getattr(handler.instance, "batch_limit", None)}
     try:
         channel.send(ready)
     except (BrokenPipeError, ConnectionResetError):

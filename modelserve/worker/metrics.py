@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import yaml
+
 Event = tuple[str, str, str, dict[str, str], float]
 
 
@@ -67,10 +69,26 @@ class CachingMetric:
 class MetricsCache:
     """``context.metrics``: TorchServe's MetricCacheYamlImpl methods."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, metrics_config: str | None = None) -> None:
         self.model_name = model_name
         self._declared: dict[tuple[str, str], CachingMetric] = {}
         self._events: list[Event] = []
+        if metrics_config:
+            self.declare_from(metrics_config)
+
+    def declare_from(self, path: str) -> None:
+        """The ``model_metrics`` a TorchServe metrics.yaml (``metrics_config``) declares, in
+        the cache before the handler starts, as TorchServe's MetricCacheYamlImpl puts them:
+        ``get_metric`` finds them without ``add_metric_to_cache``."""
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+        for kind, entries in ((doc.get("model_metrics") or {}).items()):
+            if kind not in MetricTypes.__members__.values():
+                continue
+            for entry in entries or []:
+                self.add_metric_to_cache(str(entry["name"]), str(entry.get("unit", "")),
+                                         [str(d) for d in entry.get("dimensions") or []],
+                                         MetricTypes(kind))
 
     def emit(self, metric_type: MetricTypes, name: str, unit: str, labels: dict[str, str],
              value: float) -> None:

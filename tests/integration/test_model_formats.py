@@ -252,3 +252,27 @@ def test_no_archive_directory_loads_in_place(tiny, tmp_path):
         archive_format="no-archive")
     assert open_archive(directory, tmp_path / "work").model_dir == directory
     assert not (tmp_path / "work" / "models").exists()
+
+
+def test_a_static_batch_of_one_is_served_with_batch_size_one(tiny, tmp_path):
+    """A .pt2 exported without a dynamic batch, archived with batchSize 4: the worker reports
+    that its model takes batches of 1, the server batches so (describe says batchSize 1), and
+    a burst of parallel requests all succeed instead of failing batch by batch."""
+    src = tmp_path / "src"
+    src.mkdir()
+    program = torch.export.export(tiny["model"], (tiny["inputs"][:1],))  # static batch 1
+    torch.export.save(program, str(src / "static.pt2"))
+    create_archive(model_name="tiny_static", version="1.0", handler="tensor_handler",
+                   serialized_file=src / "static.pt2", config_file=_config(src / "c.yaml"),
+                   export_path=tmp_path / "store")
+    srv = Server(tmp_path / "root", tmp_path / "store", ["tiny_static.mar"])
+    srv.root.mkdir()
+    srv.start(timeout=300)
+    try:
+        [desc] = httpx.get(f"{srv.management}/models/tiny_static").json()
+        assert desc["batchSize"] == 1
+        wait_logged(srv, "takes batches of at most 1")
+        served = _predict_all(srv, "tiny_static", tiny["inputs"])
+        torch.testing.assert_close(served, tiny["expected"], atol=1e-4, rtol=1e-4)
+    finally:
+        assert not srv.stop()

@@ -285,7 +285,10 @@ def test_torchserve_start_and_stop(ts_archives: Path, tmp_path: Path):
         f"management_address=http://127.0.0.1:{ports['management']}\n"
         f"metrics_address=http://127.0.0.1:{ports['metrics']}\n")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MODELSERVE_", "TS_"))},
-           "TMPDIR": str(tmp_path), "MODELSERVE_GRPC_INFERENCE_PORT": "0"}
+           "TMPDIR": str(tmp_path), "MODELSERVE_GRPC_INFERENCE_PORT": "0",
+           # TorchServe's gRPC APIs: not on 7070/7071, which other servers may hold
+           "MODELSERVE_GRPC_TORCHSERVE_INFERENCE_PORT": "0",
+           "MODELSERVE_GRPC_TORCHSERVE_MANAGEMENT_PORT": "0"}
     pid_file = tmp_path / ".model_server.pid"
 
     def torchserve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -321,9 +324,12 @@ def test_torchserve_start_and_stop(ts_archives: Path, tmp_path: Path):
         assert not pid_alive(pid) and not pid_file.exists()
         assert not (tmp_path / "key_file.json").exists()
         assert torchserve("--stop").stdout == "TorchServe is not currently running.\n"
-    finally:
+    finally:  # whatever failed, the server it started is stopped
+        if pid is None and pid_file.exists():
+            pid = int(pid_file.read_text())
         if pid is not None and pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not pid_alive(pid), timeout=60)
 
 
 def test_torchserve_refuses_what_torchserve_refuses(tmp_path: Path):

@@ -338,3 +338,30 @@ def test_text_classifier_matches_direct_computation(tmp_path, vocab_kind):
 def test_text_classifier_needs_vocab(tmp_path):
     with pytest.raises(FileNotFoundError, match="source_vocab.pt"):
         make_model_dir(tmp_path, "text_classifier", scripted(TinyText(4, 2)))
+
+
+def test_a_request_without_payload_says_what_to_send():
+    """curl's -d/--data-binary default type is a form; a body with no data/body field gets a
+    400 that says how to send an image or a text instead of "got NoneType"."""
+    from modelserve.handlers.errors import BadInputError
+    from modelserve.handlers.text_classifier import _as_text
+    from modelserve.handlers.vision import open_image
+
+    for call, what in ((lambda: open_image(None), "an image"), (lambda: _as_text(None), "text")):
+        with pytest.raises(BadInputError) as info:
+            call()
+        message = info.value.message
+        assert what in message and "curl -T FILE" in message and "'data'" in message
+        assert "NoneType" not in message
+
+
+def test_a_handlers_own_transform_gets_the_image_in_its_own_mode():
+    """TorchServe's VisionHandler opens the image and applies the handler's image_processing
+    as it is: a grayscale MNIST digit stays one channel. The built-in ImageNet pipeline
+    converts to RGB (its models take 3 channels)."""
+    from modelserve.handlers.vision import imagenet_transform, load_image, to_tensor
+
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), 128).save(buf, format="PNG")
+    assert load_image(buf.getvalue(), to_tensor).shape == (1, 28, 28)
+    assert load_image(buf.getvalue(), imagenet_transform).shape == (3, 224, 224)

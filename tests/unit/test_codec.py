@@ -27,6 +27,11 @@ def ctx() -> Context:
         ("", b"raw", {"body": b"raw"}),
         ("application/x-www-form-urlencoded", b"[1, 2]", {"body": [1, 2]}),
         ("application/x-www-form-urlencoded", b"a=1&b=two", {"a": "1", "b": "two"}),
+        # curl -d "text" and --data-binary @image send this type: not a form, the payload
+        ("application/x-www-form-urlencoded", b"some text", {"body": "some text"}),
+        ("application/x-www-form-urlencoded", b"\xff\xd8\xff\xe0JFIF=1",
+         {"body": b"\xff\xd8\xff\xe0JFIF=1"}),
+        ("application/x-www-form-urlencoded", b"x=%20y+z&", {"x": " y z"}),
     ],
 )
 def test_decode_request(content_type, body, expected):
@@ -44,6 +49,21 @@ def test_decode_multipart_gives_one_key_per_field():
     ).encode()
     fields = decode_request(f"multipart/form-data; boundary={boundary}", body)
     assert fields == {"data": b"\x00\x01", "meta": {"k": 1}}
+
+
+def test_a_file_part_without_a_type_is_bytes_and_a_field_is_text():
+    """python-requests' ``files={"data": open(...)}`` sends a filename and no Content-Type:
+    bytes, as TorchServe's FileUpload (email would say text/plain); a plain field is text."""
+    boundary = "b0"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"0.png\"\r\n"
+        "\r\n"
+    ).encode() + b"\x89PNG\xff" + (
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi"
+        f"\r\n--{boundary}--\r\n"
+    ).encode()
+    fields = decode_request(f"multipart/form-data; boundary={boundary}", body)
+    assert fields == {"data": b"\x89PNG\xff", "note": "hi"}
 
 
 def test_invalid_json_is_bad_input():

@@ -76,9 +76,9 @@ def test_model_config_table_names_every_key_by_its_alias():
 def test_unmapped_table_lists_every_ignored_key_with_its_warning_text():
     table = rows(hooks.ts_unmapped_table())
     assert list(table) == list(ts_unmapped.IGNORED)
-    assert table["keystore"][1] == "not supported"
+    assert table["python"][1] == "not supported"
     assert table["vmargs"][1] == "ignored"
-    assert table["metrics_mode"][1].startswith("ignored if `prometheus`")
+    assert table["enable_metrics_api"][1].startswith("ignored if `true`")
 
 
 def test_configuration_page_has_every_marker_and_renders_them_all():

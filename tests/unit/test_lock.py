@@ -60,15 +60,19 @@ def test_serve_lock_is_the_dev_lock_less_the_dev_tools():
 def test_stub_generator_is_locked_and_is_the_runtime_floor():
     """The committed stubs refuse a grpcio/protobuf older than their generator's: the lock
     pins that generator (requirements/constraints.in), and pyproject.toml's floors are its
-    versions, so neither a new grpcio-tools release nor a user's older grpcio breaks them."""
-    [grpc_stub] = ROOT.joinpath("modelserve").rglob("*_pb2_grpc.py")
-    [pb2] = grpc_stub.parent.glob("*_pb2.py")
-    generated = re.search(r"GRPC_GENERATED_VERSION = '([^']+)'", grpc_stub.read_text())[1]
-    gencode = re.search(r"# Protobuf Python Version: (\S+)", pb2.read_text())[1]
-    assert locked()["grpcio-tools"] == Version(generated), "make lock && make protos"
+    versions, so neither a new grpcio-tools release nor a user's older grpcio breaks them.
+    Every committed stub: OIP v2's and TorchServe's inference and management services."""
+    grpc_stubs = sorted(ROOT.joinpath("modelserve").rglob("*_pb2_grpc.py"))
+    pb2s = sorted(ROOT.joinpath("modelserve").rglob("*_pb2.py"))
+    assert len(grpc_stubs) >= 3 and len(pb2s) > len(grpc_stubs)  # status_pb2 has no service
     floors = {canonicalize_name(r.name): r.specifier for r in requirements()}
-    assert str(floors["grpcio"]) == f">={generated}"
-    assert str(floors["protobuf"]) == f">={gencode}"
+    for stub in grpc_stubs:
+        generated = re.search(r"GRPC_GENERATED_VERSION = '([^']+)'", stub.read_text())[1]
+        assert locked()["grpcio-tools"] == Version(generated), f"{stub}: make lock && make protos"
+        assert str(floors["grpcio"]) == f">={generated}", stub
+    for pb2 in pb2s:
+        gencode = re.search(r"# Protobuf Python Version: (\S+)", pb2.read_text())[1]
+        assert str(floors["protobuf"]) == f">={gencode}", f"{pb2}: make protos"
 
 
 @pytest.mark.skipif(not sys.prefix.startswith(str(ROOT)),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modelserve import ts_config, ts_unmapped
+from modelserve import ts_config, ts_env, ts_grpc, ts_unmapped
 from modelserve.config import Settings
 from modelserve.ts_config import TsConfig, parse_properties, read_ts_config
 
@@ -179,11 +179,96 @@ def test_address_without_port_gets_torchserves_default(tmp_path):
     assert config.settings["management_port"] == 8444
 
 
-def test_https_warns_but_still_maps(tmp_path):
-    config = read(tmp_path, "inference_address=https://0.0.0.0:8443\n")
-    assert config.settings == {"host": "0.0.0.0", "inference_port": 8443}
+def test_https_addresses_choose_the_tls_listeners(tmp_path):
+    """Connector.isSsl: an https address is a TLS listener; ModelServer: enable_grpc_ssl turns
+    TLS on for the gRPC servers (config_https.properties in TorchServe's tests)."""
+    config = read(tmp_path, "inference_address=https://0.0.0.0:8443\n"
+                            "management_address=https://0.0.0.0:8444\n"
+                            "metrics_address=http://0.0.0.0:8445\n"
+                            "private_key_file=key.pem\ncertificate_file=certs.pem\n"
+                            "enable_grpc_ssl=true\n")
+    assert config.warnings == []
+    settings = Settings(**config.settings)
+    assert settings.tls_listeners == ["inference", "management", "grpc"]
+    assert (settings.tls_cert_file, settings.tls_key_file) == (Path("certs.pem"), Path("key.pem"))
+    assert [settings.uses_tls(name) for name in ("inference", "metrics", "grpc")] == [
+        True, False, True]
+
+
+def test_grpc_keys_place_torchserves_grpc_apis(tmp_path):
+    """ConfigManager.getGRPCPort / getGRPCAddress: grpc_inference_port, grpc_management_port
+    (Integer.parseInt) and the two addresses (an IP address, not a URL) set where TorchServe's
+    gRPC APIs listen; both bind the inference address's host."""
+    config = read(tmp_path, "grpc_inference_port=17070\ngrpc_management_port=17071\n"
+                            "grpc_inference_address=0.0.0.0\ngrpc_management_address=0.0.0.0\n")
+    assert config.warnings == []
+    settings = Settings(**config.settings)
+    assert (settings.grpc_torchserve_inference_port, settings.grpc_torchserve_management_port,
+            settings.grpc_torchserve_host) == (17070, 17071, "0.0.0.0")
+    assert read(tmp_path, "grpc_inference_address=[::1]\n").settings == {
+        "grpc_torchserve_host": "::1"}
+
+
+def test_grpc_management_address_follows_the_inference_one(tmp_path):
+    config = read(tmp_path, "grpc_inference_address=127.0.0.1\n"
+                            "grpc_management_address=0.0.0.0\n")
+    assert config.settings == {"grpc_torchserve_host": "127.0.0.1"}
     [warning] = config.warnings
-    assert warning.startswith("inference_address:") and "TLS" in warning
+    assert warning.startswith("grpc_management_address: binds 0.0.0.0, but modelserve binds "
+                              "both TorchServe gRPC APIs to one host; it follows "
+                              "grpc_inference_address (127.0.0.1)")
+    alone = read(tmp_path, "grpc_management_address=0.0.0.0\n")
+    assert alone.settings == {} and "grpc_inference_address is unset" in alone.warnings[0]
+    assert read(tmp_path, "grpc_management_address=127.0.0.1\n").warnings == []
+
+
+@pytest.mark.parametrize("line, message", [
+    ("grpc_inference_port=seven", "grpc_inference_port: expected a port number"),
+    ("grpc_management_port=70000", "grpc_management_port: port 70000 is out of range"),
+    ("grpc_inference_address=http://0.0.0.0:7070", "grpc_inference_address: expected an IP "
+     "address or host name"),
+])
+def test_grpc_values_that_cannot_be_honoured(tmp_path, line, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read(tmp_path, line + "\n")
+
+
+def test_grpc_port_zero_turns_the_api_off_with_a_word(tmp_path):
+    config = read(tmp_path, "grpc_management_port=0\n")
+    assert config.settings == {"grpc_torchserve_management_port": 0}
+    [warning] = config.warnings
+    assert warning.startswith("grpc_management_port=0: TorchServe would listen on a port")
+
+
+def test_tls_files_with_http_addresses_serve_no_tls(tmp_path):
+    """ConfigManager.getSslContext is only asked for by an https connector."""
+    config = read(tmp_path, "certificate_file=c.pem\nprivate_key_file=k.pem\n")
+    assert config.settings["tls_listeners"] == []
+    assert not Settings(**config.settings).uses_tls("inference")
+    plain = read(tmp_path, "inference_address=http://127.0.0.1:8080\n")
+    assert "tls_listeners" not in plain.settings
+
+
+def test_keystore_keys(tmp_path):
+    """keystore, keystore_pass, keystore_type (PKCS12 in any case; JKS refused, and the
+    password is never echoed)."""
+    config = read(tmp_path, "inference_address=https://127.0.0.1:8443\nkeystore=ks.p12\n"
+                            "keystore_pass=hunter2 \nkeystore_type=pkcs12\n")
+    settings = Settings(**config.settings)
+    assert settings.tls_keystore == Path("ks.p12") and settings.tls_keystore_type == "PKCS12"
+    assert settings.tls_keystore_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(settings)
+    with pytest.raises(ValueError, match="keystore_type=JKS: only PKCS12") as error:
+        read(tmp_path, "keystore=ks.jks\nkeystore_pass=hunter2\nkeystore_type=JKS\n")
+    assert "hunter2" not in str(error.value)
+
+
+def test_cors_keys_are_sent_as_written(tmp_path):
+    config = read(tmp_path, "cors_allowed_origin=*\ncors_allowed_methods=GET, POST, OPTIONS\n"
+                            "cors_allowed_headers=\n")
+    settings = Settings(**config.settings)
+    assert (settings.cors_allowed_origin, settings.cors_allowed_methods,
+            settings.cors_allowed_headers) == ("*", "GET, POST, OPTIONS", None)
 
 
 def test_different_hosts_use_the_inference_one(tmp_path):
@@ -323,28 +408,15 @@ def test_every_ignored_key_warns_once_naming_it(tmp_path, key):
     ("netty_client_threads=4", "ignored"),
     ("async_logging=true", "ignored"),
     ("vmargs=-Xmx4g", "ignored"),
-    ("metric_time_interval=60", "ignored"),
     ("unregister_model_timeout=120", "ignored"),
-    ("metrics_mode=prometheus", "ignored"),
-    ("metrics_mode=log", "not supported"),
     ("enable_metrics_api=true", "ignored"),
     ("enable_metrics_api=false", "not supported"),
-    ("disable_system_metrics=true", "ignored"),
-    ("disable_system_metrics=false", "not supported"),
     ("decode_input_request=true", "ignored"),
     ("decode_input_request=false", "not supported"),
-    ("enable_envvars_config=false", "ignored"),
-    ("enable_envvars_config=true", "not supported"),
-    ("token_expiration_min=60", "ignored"),
     ("number_of_gpu=1", "not supported"),
-    ("cors_allowed_origin=*", "not supported"),
-    ("grpc_inference_port=7070", "not supported"),
+    ("grpc_inference_max_connection_age_ms=60000", "not supported"),
     ("grpc_some_future_key=1", "not supported"),
     ("workflow_store=wf", "not supported"),
-    ("keystore=ks.p12", "not supported"),
-    ("private_key_file=k.pem", "not supported"),
-    ("certificate_file=c.pem", "not supported"),
-    ("model_snapshot={}", "not supported"),
     ("blacklist_env_vars=", "ignored"),
     ("blacklist_env_vars=AWS_.*", "not supported"),
 ])
@@ -360,7 +432,7 @@ def test_value_dependent_warnings_show_the_value(tmp_path):
 
 
 def test_secrets_are_not_echoed(tmp_path):
-    config = read(tmp_path, "keystore_pass=hunter2\n")
+    config = read(tmp_path, "keystore_pass=hunter2\nkeystore_typo=hunter2\n")
     assert config.warnings and not any("hunter2" in w for w in config.warnings)
 
 
@@ -465,8 +537,9 @@ def test_realistic_config_validates(tmp_path, monkeypatch):
         "defaultVersion": True, "marName": "vgg16.mar", "minWorkers": 1, "maxWorkers": 4,
         "batchSize": 8, "maxBatchDelay": 100, "responseTimeout": 120,
     }
-    ignored = {"grpc_inference_port", "grpc_management_port", "number_of_netty_threads",
-               "netty_client_threads", "enable_metrics_api", "metrics_mode",
+    assert (settings.grpc_torchserve_inference_port,
+            settings.grpc_torchserve_management_port) == (7070, 7071)
+    ignored = {"number_of_netty_threads", "netty_client_threads", "enable_metrics_api",
                "async_logging", "vmargs"}
     assert {w.split(":")[0].split("=")[0] for w in config.warnings} == ignored
     assert len(config.warnings) == len(ignored)
@@ -476,6 +549,26 @@ def test_docs_list_every_known_key():
     """docs/torchserve-config.md has a row for every key the code maps or ignores."""
     doc = (REPO / "docs" / "torchserve-config.md").read_text()
     rows = set(re.findall(r"^\| `([A-Za-z_]+)(?:=[^`]*)?` \|", doc, flags=re.MULTILINE))
-    known = set(ts_config._MAPPED) | set(ts_config._PORT_FIELDS) | set(ts_unmapped.IGNORED)
+    known = (set(ts_config._MAPPED) | set(ts_config._PORT_FIELDS) | set(ts_unmapped.IGNORED)
+             | ts_env.SWITCHES | ts_config._TLS_SWITCHES | set(ts_grpc.GRPC_FIELDS))
     assert known - rows == set()
     assert rows - known == set()
+
+
+def test_ts_environment_variables_override_the_file_when_enabled(tmp_path, monkeypatch):
+    """ConfigManager.setSystemVars: with enable_envvars_config=true, TS_<KEY> beats the file's
+    key; TS_ALLOWED_URLS only with use_env_allowed_urls=true; off, the variables are unread."""
+    monkeypatch.setenv("TS_ENABLE_MODEL_API", "true")
+    monkeypatch.setenv("TS_DEFAULT_WORKERS_PER_MODEL", "3")
+    monkeypatch.setenv("TS_ALLOWED_URLS", "http://evil.*")
+    monkeypatch.setenv("TS_NOT_A_KEY", "x")
+    text = "enable_model_api=false\ndefault_workers_per_model=1\n"
+    off = read(tmp_path, text)
+    assert (off.settings["enable_model_api"], off.settings["default_workers_per_model"]) == (
+        False, 1)
+    on = read(tmp_path, "enable_envvars_config=true\n" + text)
+    assert (on.settings["enable_model_api"], on.settings["default_workers_per_model"]) == (
+        True, 3)
+    assert "allowed_urls" not in on.settings and on.warnings == []
+    urls = read(tmp_path, "enable_envvars_config=true\nuse_env_allowed_urls=true\n")
+    assert urls.settings["allowed_urls"] == ["http://evil.*"]

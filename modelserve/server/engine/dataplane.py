@@ -33,8 +33,9 @@ from modelserve.server.engine.pool import cpu_count
 from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelRegistry, ModelVersion
 from modelserve.server.engine.snapshot import Snapshot
-from modelserve.server.engine.startup import snapshot_models, startup_requests
+from modelserve.server.engine.startup import save_snapshots, startup_requests
 from modelserve.server.engine.streams import Stream
+from modelserve.server.engine.ts_snapshot import TsSnapshots
 from modelserve.server.engine.zygote import Zygote
 from modelserve.server.observability.metrics import ServerMetrics
 
@@ -66,6 +67,7 @@ class DataPlane:
         metrics.processes.versions = self.registry.all
         self.draining = False  # set at SIGTERM: readiness turns false, liveness stays true
         self.snapshot = Snapshot(settings.state_path) if settings.model_snapshot else None
+        self.ts_snapshots = TsSnapshots.open(settings)  # TorchServe's logs/config/*.cfg
         self.zygote = (Zygote(settings.startup_timeout) if settings.worker_start == "zygote"
                        else None)
 
@@ -167,9 +169,13 @@ class DataPlane:
             self.save_state()
 
     def _check_model_api(self) -> None:
+        """TorchServe's 405, word for word (its tests and clients match the body); the
+        reason goes to the log."""
         if not self.settings.enable_model_api:
+            log.warning("register/unregister refused: enable_model_api is false "
+                        "(--enable-model-api turns it on)")
             raise MethodNotAllowedError(
-                "Registering and unregistering models is disabled (enable_model_api: false)")
+                "Requested method is not allowed, please refer to API document.")
 
     async def _add(self, req: RegisterRequest, loaded_at_startup: bool) -> ModelVersion:
         """Open the archive and enter the version in the registry, without workers yet."""
@@ -182,7 +188,7 @@ class DataPlane:
             self.registry.check_new(name, version)
             mv = build_version(ModelParts(name, version, req, archive, config, deps),
                                self.metrics, self._threads, self.zygote,
-                               self.settings.pipeline_depth, loaded_at_startup)
+                               self.settings, loaded_at_startup)
             self.registry.add(mv)
             mv.batcher.start()
         return mv
@@ -312,15 +318,11 @@ class DataPlane:
                 mv.batcher.wake()
 
     # -- state snapshot ----------------------------------------------------------------------
-    def save_state(self) -> None:
-        """Write the registry to the snapshot (no-op when snapshots are off or draining)."""
-        if self.snapshot is None or self.draining:
-            return
-        models = snapshot_models(self.registry)
-        try:
-            self.snapshot.save(models)
-        except OSError as exc:
-            log.error("could not save the model snapshot %s: %s", self.snapshot.path, exc)
+    def save_state(self, event: str = "snapshot") -> None:
+        """Write the registry to the snapshots that are on, for TorchServe's ``event``
+        (startup, snapshot after a change, shutdown); none but shutdown's while draining."""
+        if not self.draining or event == "shutdown":
+            save_snapshots(self.registry, self.snapshot, self.ts_snapshots, event)
 
     async def load_startup_models(self) -> list[str]:
         """Register the snapshot's or the configured models; returns error messages (the
@@ -362,12 +364,13 @@ class DataPlane:
         await asyncio.gather(*(start(mv) for mv in added))
         for error in errors:
             log.error("could not load %s", error)
-        self.save_state()
+        self.save_state("startup")
         return errors
 
     async def shutdown(self, grace: float = 30.0) -> None:
         """Stop every model; workers get ``grace`` seconds to finish in-flight batches."""
         self.draining = True
+        self.save_state("shutdown")  # ModelServer.stop: before the models go
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(self._discard(mv, grace) for mv in self.registry.all()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -102,7 +103,7 @@ async def requirement_paths(settings: Settings, archive: Archive) -> tuple[str, 
 
 
 def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Callable[[], int],
-                  zygote: Zygote | None, pipeline_depth: int,
+                  zygote: Zygote | None, settings: Settings,
                   loaded_at_startup: bool) -> ModelVersion:
     """The version's worker pool and batcher, wired to each other and to its metrics; no
     worker starts yet. ``threads`` gives the torch threads a new worker gets."""
@@ -119,7 +120,10 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
         device_type=config.device_type or "auto",
         startup_timeout=config.startup_timeout,
         response_timeout=config.response_timeout,
-        pipeline_depth=pipeline_depth,
+        pipeline_depth=settings.pipeline_depth,
+        timeout_status=settings.timeout_status,
+        metrics_config=str(settings.metrics_config.resolve()) if settings.metrics_config
+        else None,
         batch_threads=0 if config.batch_threads == "auto" else config.batch_threads,
     )
     metrics = server_metrics.for_version(name, version)
@@ -130,13 +134,27 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
         metrics.handler_time.observe(handler_ms / 1000.0)
         if custom:
             server_metrics.custom.record(custom)
+        if metrics.log is not None:  # metrics_mode log: TorchServe's metric lines
+            round_trip_ms = (time.perf_counter() - jobs[0].dispatched) * 1000 if jobs else 0.0
+            metrics.log.batch(name, [job.request_id for job in jobs], handler_ms,
+                              round_trip_ms, custom)
 
     def on_change() -> None:
         batcher.wake()
 
     pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote)
+    pool.on_ready = metrics.worker_loaded
     batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
                       config.job_queue_size, queue_timeout_s=config.response_timeout)
     pool.requeue = batcher.requeue
+
+    def limit_batch(limit: int) -> None:  # describe shows the batch size actually served
+        if limit < batcher.batch_size:
+            log.warning("%s %s: its model takes batches of at most %d; serving it with "
+                        "batch size %d instead of %d", name, version, limit, limit,
+                        batcher.batch_size)
+            batcher.batch_size = config.batch_size = limit
+
+    pool.limit_batch = limit_batch
     return ModelVersion(name, version, req.url, archive, config, pool, batcher, metrics,
                         loaded_at_startup)

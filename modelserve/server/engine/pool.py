@@ -51,9 +51,17 @@ class WorkerPool:
         self.crashes = 0
         self.last_crash = 0.0
         self.last_death = ""
+        # TorchServe's recovery bookkeeping, logged in its words (operators grep for them):
+        # batches timed out since the last recovery, and when the current recovery began
+        self.failed_inferences = 0
+        self.recovery_start_ms = 0
+        # Told (worker id, milliseconds from start to ready) of each worker that came up.
+        self.on_ready: Callable[[int, float], None] | None = None
         # Puts the jobs of a dead worker back at the head of the batcher's queue (set by the
         # owner once the batcher exists); None: they fail at once.
         self.requeue: Callable[[list[Job]], None] | None = None
+        # Caps the batch size when a worker's model takes smaller batches (set by the owner)
+        self.limit_batch: Callable[[int], None] = lambda limit: None
 
     # -- selection (hot path) ----------------------------------------------------------------
     def pick(self) -> WorkerProcess | None:
@@ -113,7 +121,10 @@ class WorkerPool:
         self._next_index += 1
         worker.on_batch_done = self._on_batch_done
         worker.on_orphans = self._orphans
+        worker.on_timed_out = self._timed_out
+        worker.on_batch_limit = lambda limit: self.limit_batch(limit)
         self.workers.append(worker)
+        started = time.perf_counter()
         try:
             await worker.start()
         except WorkerStoppedWhileStarting:  # scaled down or closed meanwhile: as asked
@@ -124,6 +135,9 @@ class WorkerPool:
                 self.workers.remove(worker)
             await worker.kill()
             raise
+        else:
+            if self.on_ready is not None:
+                self.on_ready(worker.id, (time.perf_counter() - started) * 1000)
 
     async def _stop_one(self, worker: WorkerProcess, grace: float = 30.0) -> None:
         await worker.stop(grace)
@@ -153,6 +167,11 @@ class WorkerPool:
             assert self.requeue is not None
             self.requeue(retry)
 
+    def _timed_out(self) -> None:
+        self.failed_inferences += 1
+        log.error("%s: Number or consecutive unsuccessful inference %d", self.spec.model_name,
+                  self.failed_inferences)
+
     def _crashed(self, cause: str) -> None:
         now = time.time()
         if now - self.last_crash > STABLE_AFTER_S:
@@ -174,6 +193,12 @@ class WorkerPool:
             self._backoff = 1.0
             self.crashes = 0
         self._crashed(worker.death_cause)
+        if self.recovery_start_ms == 0:
+            self.recovery_start_ms = int(time.time() * 1000)
+            log.info("%s: Auto recovery start timestamp: %d", self.spec.model_name,
+                     self.recovery_start_ms)
+        else:
+            log.warning("%s: Auto recovery failed again", self.spec.model_name)
         if self._restart_task is None or self._restart_task.done():
             self._restart_task = asyncio.create_task(self._restore())
 
@@ -183,7 +208,7 @@ class WorkerPool:
             live = sum(1 for w in self.workers if w.status in ("STARTING", "READY"))
             if live >= self.target:
                 return
-            log.warning("restarting a worker of %s in %.0fs", self.spec.model_name, self._backoff)
+            log.warning("Retry worker: %s in %.0f seconds.", self.spec.model_name, self._backoff)
             await asyncio.sleep(self._backoff)
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
             if self._closed:
@@ -194,3 +219,8 @@ class WorkerPool:
             except Exception as exc:
                 log.error("restart of a %s worker failed: %s", self.spec.model_name, exc)
                 self._crashed(f"restart failed: {exc}")
+                continue
+            if self.recovery_start_ms:
+                log.info("%s: Auto recovery succeeded, reset recoveryStartTS",
+                         self.spec.model_name)
+                self.recovery_start_ms = self.failed_inferences = 0

@@ -1,5 +1,6 @@
 """What the server registers when it starts: ``load_models`` and the snapshot of what the
-management API changed, and the registry written back as that snapshot."""
+management API changed (or a TorchServe snapshot's models), and the registry written back as
+those snapshots."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelRegistry
 from modelserve.server.engine.snapshot import Snapshot
 from modelserve.server.engine.store import store_models
+from modelserve.server.engine.ts_snapshot import TsSnapshots, restore_requests, save_ts_snapshot
 
 log = logging.getLogger("modelserve.dataplane")
 
@@ -55,7 +57,10 @@ def startup_requests(settings: Settings, snapshot: Snapshot | None,
     workers and batching as they were), plus each load_models entry whose name the
     snapshot does not have. TorchServe ignores its ``--models`` once a snapshot exists,
     which silently drops a model added to the config later; here the config is always
-    served, and the snapshot keeps what the management API changed."""
+    served, and the snapshot keeps what the management API changed. A TorchServe snapshot
+    (``ts_model_snapshot``) replaces both: its models only, as TorchServe restores them."""
+    if settings.ts_model_snapshot is not None:
+        return restore_requests(settings)
     configured = [(RegisterRequest(url=url, model_name=name), {"loaded_at_startup": True})
                   for name, url in startup_archives(settings)]
     saved = snapshot.load() if snapshot is not None else None
@@ -82,3 +87,16 @@ def startup_requests(settings: Settings, snapshot: Snapshot | None,
     urls = {entry.get("url") for entry in saved}
     return out + [(req, extra) for req, extra in configured  # named: by name, else url
                   if (req.model_name not in names if req.model_name else req.url not in urls)]
+
+
+def save_snapshots(registry: ModelRegistry, snapshot: Snapshot | None,
+                   ts_snapshots: TsSnapshots | None, event: str) -> None:
+    """Write the registry to models.json (but at shutdown: it holds what was registered) and
+    to a TorchServe snapshot file for ``event`` (startup, snapshot or shutdown), those on."""
+    if snapshot is not None and event != "shutdown":
+        try:
+            snapshot.save(snapshot_models(registry))
+        except OSError as exc:
+            log.error("could not save the model snapshot %s: %s", snapshot.path, exc)
+    if ts_snapshots is not None:
+        save_ts_snapshot(ts_snapshots, event, registry)

@@ -25,6 +25,8 @@ class WorkerSpec:
     response_timeout: float
     pipeline_depth: int
     batch_threads: int = 0  # 0: the worker decides (modelserve.worker.lanes.plan)
+    timeout_status: int = 504  # the status of a request whose batch timed out
+    metrics_config: str | None = None  # TorchServe's metrics.yaml, for the handler's cache
 
     def env(self) -> dict[str, str]:
         """The thread variables are the worker's own to set (``--threads``), before torch."""
@@ -48,4 +50,5 @@ class WorkerSpec:
             "--device-type", self.device_type,
             "--threads", str(threads),
             "--batch-threads", str(self.batch_threads),
+            *(["--metrics-config", self.metrics_config] if self.metrics_config else []),
         ]

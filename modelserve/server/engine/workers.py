@@ -32,6 +32,7 @@ from modelserve.server.engine.zygote import ForkedProcess, Zygote, ZygoteError
 from modelserve.server.observability.procfs import rss_bytes
 
 log = logging.getLogger("modelserve.workers")
+output_log = logging.getLogger("modelserve.workers.output")  # what the workers print
 
 _worker_ids = itertools.count(9000)  # TorchServe numbers its workers from 9000
 STDERR_TAIL = 20
@@ -107,6 +108,8 @@ class WorkerProcess:
         # Called with the in-flight jobs of a worker that died, and the error they would get;
         # the pool retries them on another worker or fails them (default: fail).
         self.on_orphans: Callable[[list[Job], ModelServeError], None] = _fail_all
+        self.on_timed_out: Callable[[], None] = lambda: None
+        self.on_batch_limit: Callable[[int], None] = lambda limit: None
         self.death_cause = ""
         self._kill_reason = ""
         self._launched = asyncio.Event()  # start() has its process (or failed to make one)
@@ -146,6 +149,8 @@ class WorkerProcess:
         self.signature = hello.get("signature")
         self.load_ms = hello["load_ms"]
         self.batch_threads = max(1, int(hello.get("batch_threads") or 1))
+        if hello.get("batch_limit"):
+            self.on_batch_limit(int(hello["batch_limit"]))
         self.status = "READY"
         self._tasks.append(asyncio.create_task(self._read_results(reader)))
         self._on_change()
@@ -238,10 +243,13 @@ class WorkerProcess:
             return
         log.error("worker %s (pid %s) exceeded response_timeout %.0fs; recycling it",
                   self.id, self.pid, self.spec.response_timeout)
+        self.on_timed_out()
         err = RequestTimeoutError(
             f"model {self.spec.model_name} did not answer within "
             f"{self.spec.response_timeout:g}s (response_timeout)"
         )
+        if self.spec.timeout_status != err.status:  # TorchServe's "Worker died." 500
+            err = ModelServeError(err.message, status=self.spec.timeout_status)
         for job in jobs:
             job.fail(err)
         streaming.fail(self._streams.pop(batch_id, None), err)
@@ -320,10 +328,12 @@ class WorkerProcess:
         """Forward the worker's stdout/stderr to the log; keep the tail for death reports."""
         assert self._proc is not None and self._proc.stdout is not None
         name = f"{self.spec.model_name}:{self.id}"
+        # TorchServe's name for the worker, which its model_log.log shows (logfiles.py)
+        worker = f"W-{self.id}-{self.spec.model_name}_{self.spec.model_version}"
         async for raw in self._proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             self.stderr_tail.append(line)
-            log.info("[%s] %s", name, line)
+            output_log.info("[%s] %s", name, line, extra={"worker": worker, "worker_line": line})
 
     async def _death_cause(self) -> str:
         await self._wait_exit(2.0)
@@ -360,6 +370,7 @@ class WorkerProcess:
         if not was_stopping:
             log.error("worker %s (pid %s) of %s died: %s",
                       self.id, self.pid, self.spec.model_name, cause)
+            log.info("%s Worker disconnected. %s", self.id, self.status)  # TorchServe's line
         self._on_exit(self)
         self._on_change()
 

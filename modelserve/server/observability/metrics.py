@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from modelserve.server.observability.gpu import gpu_stats
+from modelserve.server.observability.metrics_log import MetricsLog
 from modelserve.server.observability.procfs import cpu_seconds, rss_bytes
 
 HOSTNAME = socket.gethostname()
@@ -208,6 +209,8 @@ class VersionMetrics:
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self.model = model
+        self.version = version
+        self.log = metrics.log  # TorchServe's metrics log (metrics_mode: log), or None
         self._ts = metrics.ts
         self._latency = metrics.request_latency.labels(model, version)
         self._queue = metrics.queue_time.labels(model, version)
@@ -225,12 +228,20 @@ class VersionMetrics:
         ts.queue_us[key] += queue_s * 1e6
         self._latency.observe(latency_s)
         self._queue.observe(queue_s)
+        if self.log is not None:
+            self.log.request(self.model, requested or "default", latency_s, queue_s)
+
+    def worker_loaded(self, worker_id: int, ms: float) -> None:
+        """A worker became ready ``ms`` after it was started (the metrics log only)."""
+        if self.log is not None:
+            self.log.worker_loaded(f"W-{worker_id}-{self.model}_{self.version}", ms)
 
 
 class ServerMetrics:
     """Every metric the frontend exposes, in one registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: MetricsLog | None = None) -> None:
+        self.log = log
         self.registry = CollectorRegistry(auto_describe=True)
         self.ts = _TorchServeCounters()
         self.registry.register(self.ts)
@@ -263,6 +274,8 @@ class ServerMetrics:
         klass = f"{status // 100}XX"
         if klass in ("2XX", "4XX", "5XX"):
             self.ts.status[klass] += 1
+            if self.log is not None:
+                self.log.status(status)
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         """Series of one model version, bound once so the hot path skips label lookups."""

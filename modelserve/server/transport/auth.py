@@ -17,6 +17,8 @@ import logging
 import os
 import secrets
 import stat
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -43,10 +45,15 @@ def new_key() -> str:
 class KeyStore:
     """The three keys, kept in ``path`` (created owner-only at first start, reused after)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, expiration_min: float | None = None) -> None:
         self.path = path
+        self.expiration_s = expiration_min * 60 if expiration_min else None
+        self._expires: dict[str, float] = {}  # key type -> when it stops working (epoch s)
         self.keys: dict[str, str] = {}
         self._load_or_create()
+        if self.expiration_s is not None:  # TorchServe: counted from the server's start
+            self._expires = {t: time.time() + self.expiration_s for t in ROTATABLE}
+            self._write()
 
     def _load_or_create(self) -> None:
         try:
@@ -77,7 +84,10 @@ class KeyStore:
     def _write(self, keys: dict[str, str] | None = None) -> None:
         """Atomically, and never readable by anyone but the owner, even for an instant."""
         keys = keys or self.keys
-        body = {t: {"key": keys[t]} for t in KEY_TYPES}
+        body: dict[str, dict[str, str]] = {t: {"key": keys[t]} for t in KEY_TYPES}
+        for key_type, expires in self._expires.items():  # TorchServe's field, an ISO instant
+            body[key_type]["expiration time"] = datetime.fromtimestamp(
+                expires, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         write_atomic(self.path, json.dumps(body, indent=2).encode(), 0o600)
 
     @property
@@ -91,11 +101,16 @@ class KeyStore:
         self._headers = {t: b"Bearer " + k.encode() for t, k in keys.items()}
 
     def check(self, key_type: str, header: bytes | None) -> bool:
-        return header is not None and hmac.compare_digest(header, self._headers[key_type])
+        if header is None or not hmac.compare_digest(header, self._headers[key_type]):
+            return False
+        expires = self._expires.get(key_type)
+        return expires is None or time.time() < expires
 
     def rotate(self, key_type: str) -> str:
         """A new key of ``key_type``; the old one stops working once the file is written."""
         keys = {**self.keys, key_type: new_key()}
+        if self.expiration_s is not None:
+            self._expires[key_type] = time.time() + self.expiration_s
         self._write(keys)  # raises OSError (e.g. a read-only secret) before anything changes
         self.keys = keys
         log.info("token authorization: %s key rotated", key_type)
@@ -112,10 +127,11 @@ def _authorization(scope: dict[str, Any]) -> bytes | None:
 class TokenAuth:
     """ASGI middleware: requests need ``Authorization: Bearer <key_type key>``."""
 
-    def __init__(self, app: Any, keys: KeyStore, key_type: str) -> None:
+    def __init__(self, app: Any, keys: KeyStore, key_type: str, status: int = 401) -> None:
         self.app = app
         self.keys = keys
         self.key_type = key_type
+        self.status = status  # TorchServe answers 400
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -132,14 +148,15 @@ class TokenAuth:
         if self.keys.check(self.key_type, header):
             await self.app(scope, receive, send)
             return
-        refusal = error_response(401, "InvalidKeyException", INVALID_MESSAGE,
-                                 {"www-authenticate": 'Bearer realm="modelserve"'})
+        refusal = error_response(self.status, "InvalidKeyException", INVALID_MESSAGE,
+                                 {"www-authenticate": 'Bearer realm="modelserve"'}
+                                 if self.status == 401 else None)
         await refusal(scope, receive, send)
 
     def _token(self, scope: dict[str, Any], header: bytes | None) -> JSONResponse:
         """TorchServe's ``GET /token?type=``: the API key rotates one of the other two."""
         if not self.keys.check("API", header):
-            return error_response(401, "InvalidKeyException", INVALID_MESSAGE)
+            return error_response(self.status, "InvalidKeyException", INVALID_MESSAGE)
         kind = parse_qs(scope.get("query_string", b"").decode()).get("type", [""])[0]
         if scope["method"] != "GET" or kind not in ROTATABLE:
             return error_response(400, "BadRequestException",

@@ -58,6 +58,8 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
         headers = dict(request.headers)
         if extra_headers:
             headers.update(extra_headers)
+        if "url_path" in params:  # TorchServe 0.12: the path after the version, for handlers
+            headers["url_path"] = params["url_path"]
         request_id = request_ids.new(headers.get("x-request-id"))
         access = None
         if access_log:  # this request's fields in the access log (see AccessLog)
@@ -87,10 +89,14 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
         """TorchServe's ``/explanations``: the handler's ``explain_handle`` on the body."""
         return await forward(request, EXPLAIN)
 
-    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
-        app.add_route(path, predictions, methods=["POST", "PUT"])
-    for path in ("/explanations/{model_name}", "/explanations/{model_name}/{model_version}"):
-        app.add_route(path, explanations, methods=["POST", "PUT"])
+    # /{model}/{version}/{any/path}: TorchServe routes it to the model and gives the handler
+    # the rest as its url_path header (InferenceRequestHandler.handlePredictions), which is how
+    # OpenAI-style routes are served
+    versioned = ("/{model_name}", "/{model_name}/{model_version}",
+                 "/{model_name}/{model_version}/{url_path:path}")
+    for path in versioned:
+        app.add_route("/predictions" + path, predictions, methods=["POST", "PUT"])
+        app.add_route("/explanations" + path, explanations, methods=["POST", "PUT"])
 
     add_v2_routes(app, v2 or V2Core(dataplane), limit, max_response)
     document_inference_routes(app)

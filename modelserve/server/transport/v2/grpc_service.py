@@ -31,6 +31,7 @@ import grpc
 
 from modelserve.datatypes import TensorError, numpy_dtype, serialize_bytes
 from modelserve.errors import ModelServeError
+from modelserve.server.transport.grpc_listen import listen, new_server
 from modelserve.server.transport.request_ids import RequestIds
 from modelserve.server.transport.v2.core import V2Core
 from modelserve.server.transport.v2.protos import grpc_service_pb2 as pb
@@ -286,20 +287,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 async def start_grpc_server(core: V2Core, host: str, port: int, max_receive: int,
                             max_send: int,
                             interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+                            credentials: grpc.ServerCredentials | None = None,
                             ) -> grpc.aio.Server:
-    """Bind and start; raises OSError when the port cannot be bound."""
-    server = grpc.aio.server(interceptors=interceptors or None, options=[
-        ("grpc.max_receive_message_length", max_receive),
-        ("grpc.max_send_message_length", max_send),
-        ("grpc.so_reuseport", 0),
-    ])
+    """Bind and start (TLS with ``credentials``); raises OSError when the port cannot be
+    bound."""
+    server = new_server(max_receive, max_send, interceptors)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpcio raises where older versions returned 0
-        raise OSError(f"cannot bind the gRPC port {address}: {exc}") from None
-    if bound == 0:
-        raise OSError(f"cannot bind the gRPC port {address}")
-    await server.start()
+    await listen(server, host, port, "gRPC", credentials)
     return server
