@@ -67,7 +67,10 @@ def _running_pid() -> int | None:
         print("Removing orphan pid file.")
         PID_FILE.unlink(missing_ok=True)
         return None
-    return pid if MARKER.encode() in cmdline else None
+    if MARKER.encode() in cmdline:
+        return pid
+    PID_FILE.unlink(missing_ok=True)  # the pid was reused by another program
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -84,7 +87,7 @@ def stop(pid: int | None) -> int:
         return 0
     try:
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or reused by another user's
         print("TorchServe already stopped.")
     else:
         Path("key_file.json").unlink(missing_ok=True)

@@ -69,16 +69,21 @@ def _decode_multipart(content_type: str, body: bytes) -> dict[str, Any]:
     return fields
 
 
-_FIELD = rb"[A-Za-z0-9%+._~*\-]+=[A-Za-z0-9%+._~*\-=]*"
-_FORM = re.compile(_FIELD + rb"(&" + _FIELD + rb")*&?")
+# text (no control characters) whose first field has a name and an "=": what Netty's decoder
+# and parse_qsl split into fields (spaces, "/", ":" and non-ASCII included)
+_FORM = re.compile(rb"[^=&\x00-\x1f\x7f]+=[^&\x00-\x1f\x7f]*(&[^&\x00-\x1f\x7f]*)*")
 
 
 def _form(body: bytes) -> dict[str, str] | None:
-    """The fields of an urlencoded form, or None for a body that is no form at all (every
-    field of a form has a name and an ``=``, in the characters urlencoding leaves)."""
+    """The fields of an urlencoded form, or None for a body that is no form at all (binary
+    data, or text without a ``name=`` first field)."""
     if not _FORM.fullmatch(body):
         return None
-    return dict(parse_qsl(body.decode("ascii"), keep_blank_values=True))
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return dict(parse_qsl(text, keep_blank_values=True))
 
 
 def decode_request(content_type: str, body: bytes) -> dict[str, Any]:

@@ -32,6 +32,11 @@ def ctx() -> Context:
         ("application/x-www-form-urlencoded", b"\xff\xd8\xff\xe0JFIF=1",
          {"body": b"\xff\xd8\xff\xe0JFIF=1"}),
         ("application/x-www-form-urlencoded", b"x=%20y+z&", {"x": " y z"}),
+        # real forms stay forms, whatever characters their values hold (Netty's decoder)
+        ("application/x-www-form-urlencoded", b"data=http://x/a.jpg", {"data": "http://x/a.jpg"}),
+        ("application/x-www-form-urlencoded", b"text=hello world", {"text": "hello world"}),
+        ("application/x-www-form-urlencoded", b"a=1&flag", {"a": "1", "flag": ""}),
+        ("application/x-www-form-urlencoded", "k=hé".encode(), {"k": "hé"}),
     ],
 )
 def test_decode_request(content_type, body, expected):

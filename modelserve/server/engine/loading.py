@@ -153,7 +153,7 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
             log.warning("%s %s: its model takes batches of at most %d; serving it with "
                         "batch size %d instead of %d", name, version, limit, limit,
                         batcher.batch_size)
-            batcher.batch_size = config.batch_size = limit
+            batcher.batch_size = limit  # config keeps what was asked (snapshots save it)
 
     pool.limit_batch = limit_batch
     return ModelVersion(name, version, req.url, archive, config, pool, batcher, metrics,

@@ -37,7 +37,7 @@ class ModelVersion:
             "runtime": self.archive.manifest.runtime,
             "minWorkers": self.pool.target,
             "maxWorkers": max(cfg.max_workers, self.pool.target),
-            "batchSize": cfg.batch_size,
+            "batchSize": self.batcher.batch_size,  # served (a model may take fewer)
             "maxBatchDelay": cfg.max_batch_delay,
             "responseTimeout": cfg.response_timeout,
             "startupTimeout": cfg.startup_timeout,

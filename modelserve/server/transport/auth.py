@@ -81,13 +81,15 @@ class KeyStore:
                             "changed: %s", self.path, mode, exc)
         log.info("token authorization: keys read from %s", self.path)
 
-    def _write(self, keys: dict[str, str] | None = None) -> None:
+    def _write(self, keys: dict[str, str] | None = None,
+               expires: dict[str, float] | None = None) -> None:
         """Atomically, and never readable by anyone but the owner, even for an instant."""
         keys = keys or self.keys
         body: dict[str, dict[str, str]] = {t: {"key": keys[t]} for t in KEY_TYPES}
-        for key_type, expires in self._expires.items():  # TorchServe's field, an ISO instant
+        expires = self._expires if expires is None else expires
+        for key_type, deadline in expires.items():  # TorchServe's field, an ISO instant
             body[key_type]["expiration time"] = datetime.fromtimestamp(
-                expires, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                deadline, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         write_atomic(self.path, json.dumps(body, indent=2).encode(), 0o600)
 
     @property
@@ -109,10 +111,11 @@ class KeyStore:
     def rotate(self, key_type: str) -> str:
         """A new key of ``key_type``; the old one stops working once the file is written."""
         keys = {**self.keys, key_type: new_key()}
+        expires = dict(self._expires)
         if self.expiration_s is not None:
-            self._expires[key_type] = time.time() + self.expiration_s
-        self._write(keys)  # raises OSError (e.g. a read-only secret) before anything changes
-        self.keys = keys
+            expires[key_type] = time.time() + self.expiration_s
+        self._write(keys, expires)  # raises OSError (a read-only secret) before any change
+        self.keys, self._expires = keys, expires
         log.info("token authorization: %s key rotated", key_type)
         return self.keys[key_type]
 
