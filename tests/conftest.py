@@ -151,13 +151,32 @@ class Server:
 
     def __post_init__(self) -> None:
         self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc")}
+        self._addresses()
+        self.log_path = self.root / "server.log"
+
+    def _addresses(self) -> None:
         self.inference = f"{self.scheme}://127.0.0.1:{self.ports['inference']}"
         self.management = f"{self.scheme}://127.0.0.1:{self.ports['management']}"
         self.metrics = f"{self.scheme}://127.0.0.1:{self.ports['metrics']}"
         self.grpc = f"127.0.0.1:{self.ports['grpc']}"
-        self.log_path = self.root / "server.log"
 
     def start(self, timeout: float = 120) -> Server:
+        """Start, and start again on new ports if a port picked free was taken before the
+        server bound it (free_port's race with other sockets of this machine)."""
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError:
+                if attempt == 2 or "address already in use" not in self.log():
+                    raise
+            renamed = {old: free_port() for old in self.ports.values()}
+            self.ports = {k: renamed[v] for k, v in self.ports.items()}
+            self.extra_config = {k: renamed.get(v, v) if isinstance(v, int) else v
+                                 for k, v in self.extra_config.items()}
+            self._addresses()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> Server:
         config = {
             "inference_port": self.ports["inference"],
             "management_port": self.ports["management"],

@@ -157,13 +157,15 @@ def _stubs(ts: SimpleNamespace, srv: Server) -> Iterator[Stubs]:
 
 @pytest.fixture(scope="module")
 def srv(grpc_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    ports = (free_port(), free_port())
     server = Server(tmp_path_factory.mktemp("ts-grpc-server"), grpc_store,
-                    ["echo=echo.mar", "stream=stream.mar", "digits=digits.mar"],
-                    extra_config={"grpc_torchserve_inference_port": ports[0],
-                                  "grpc_torchserve_management_port": ports[1]})
-    server.ts_ports = ports  # type: ignore[attr-defined]
+                    ["echo=echo.mar", "stream=stream.mar", "digits=digits.mar"])
+    # in server.ports, so that a start retried on new ports moves these too
+    server.ports.update(ts_inference=free_port(), ts_management=free_port())
+    server.extra_config = {"grpc_torchserve_inference_port": server.ports["ts_inference"],
+                           "grpc_torchserve_management_port": server.ports["ts_management"]}
     server.start()
+    server.ts_ports = (server.ports["ts_inference"],  # type: ignore[attr-defined]
+                       server.ports["ts_management"])
     yield server
     assert not server.stop()
 
