@@ -15,7 +15,7 @@ DEV_LOCK   := requirements/dev.txt
 INSTALL    := $(BIN)/python -m pip install -q
 
 .PHONY: serve test test-unit test-integration install install-dev examples lint bench clean \
-        protos lock docs
+        protos lock docs image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,11 +71,21 @@ examples: $(STORE)/.built
 serve: examples
 	$(BIN)/modelserve start --config $(CONFIG)
 
+# The CPU image of docker/Dockerfile, with the engine that is here: docker/engine.sh uses a
+# Docker engine that answers, else sets podman up (apt-get) and, where no registry can be
+# reached, a local Python base (docker/README.md). IMAGE is the tag compose.yaml runs.
+IMAGE ?= modelserve:0.1.0
+image:
+	bash docker/engine.sh build $(IMAGE)
+
 # tests/unit: no processes, no sockets (their conftest refuses both), well under a minute;
 # tests/integration: real servers on free loopback ports, real workers, real tools.
+# The container images build in the background meanwhile (niced; log in .venv/images.log):
+# tests/integration/test_container.py runs last and waits for them (docker/engine.sh's lock).
 test: install-dev
 	$(BIN)/ruff check modelserve tests bench docker docs
-	$(BIN)/python -m pytest -q
+	nice -n 10 bash docker/engine.sh images $(IMAGE) >$(VENV)/images.log 2>&1 & \
+	$(BIN)/python -m pytest -q; status=$$?; wait; exit $$status
 
 test-unit: install-dev
 	$(BIN)/python -m pytest -q tests/unit
@@ -118,3 +128,17 @@ lock: $(BIN)/python
 	  -c requirements/constraints.in -o $(DEV_LOCK)
 	$(BIN)/uv pip compile $(LOCK_ARGS) --extra examples pyproject.toml requirements/build.in \
 	  -c $(DEV_LOCK) -o $(SERVE_LOCK)
+
+# Triton's perf_analyzer (bench/perf_analyzer.py; tests/integration/test_perf_analyzer.py calls
+# the same installer) in a venv of its own, bench/out/perf-analyzer-venv, from the lock
+# requirements/perf-analyzer.txt, and libb64 from apt where it is missing; a second run only
+# checks. `make lock-perf-analyzer` refreshes that lock on purpose, as `make lock` does its own.
+.PHONY: perf-analyzer lock-perf-analyzer
+perf-analyzer:
+	$(PYTHON) bench/perf_analyzer_install.py
+
+lock-perf-analyzer: $(BIN)/python
+	$(INSTALL) $(UV)
+	$(BIN)/uv pip compile --python $(BIN)/python --quiet \
+	  --custom-compile-command "make lock-perf-analyzer" \
+	  requirements/perf-analyzer.in -o requirements/perf-analyzer.txt

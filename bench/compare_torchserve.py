@@ -1,5 +1,10 @@
 r"""TorchServe 0.12 and modelserve side by side: same archives, same settings, same load.
 
+``--ts-handler``: the drop-in case instead (issue 19: the user's own TorchServe handler,
+``torch-model-archiver`` archives and one config.properties for both servers, loaded as
+``--models a=a.mar b=b.mar``): every other argument goes to ``bench/ts_dropin.py``, whose
+docstring is the recipe.
+
 Both servers get the same workers per model (``--workers``, default 1; with more, both get
 ``OMP_NUM_THREADS`` = cores / workers), batch size 8, ``max_batch_delay`` 5 ms, JSON bodies,
 and the same TorchServe-style handler (``ts_tensor_handler.py``; modelserve runs it through its
@@ -186,6 +191,11 @@ def measure(name: str, proc: subprocess.Popen, port: int, model: str, path_model
 
 
 def main() -> None:
+    if "--ts-handler" in sys.argv[1:]:
+        import ts_dropin
+
+        ts_dropin.main([a for a in sys.argv[1:] if a != "--ts-handler"])
+        return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-store", type=Path, default=Path("model_store"))

@@ -15,8 +15,9 @@ Nothing can be downloaded here, so ``ts_scripts/marsgen.py``'s downloads are rep
 the run every archive of ``ts_scripts/mar_config.json`` is built with torch-model-archiver into
 ``OUT/mars`` — ``mnist.mar`` exactly as mar_config says (the checkout's ``mnist.py`` and
 ``mnist_handler.py``; ``mnist_cnn.pt``, a git-LFS file missing from the mirror, is written with
-seeded random weights into the copy), every other one from a tiny plain-torch image classifier
-(3x224x224 -> 1000 classes) with the handler mar_config names — and a pytest plugin
+seeded random weights into the copy, as is the stateful example's ``model_cnn.pt``), every
+other one from a tiny plain-torch image classifier (3x224x224 -> 1000 classes) with the
+handler mar_config names — and a pytest plugin
 (``-p ts_e2e_plugin``, written into ``OUT/plugin``) makes ``marsgen.generate_mars`` copy those
 archives instead of downloading. ``gen_mar`` itself (symlinks into the harness's model store,
 ``$TMPDIR/workspace/model_store``) is TorchServe's. Each target runs with its own ``TMPDIR``
@@ -39,6 +40,15 @@ A checkout whose mirror lacks some (LFS) blobs, so that ``git archive`` fails, c
 with ``--serve-git /path/to/mirror.git`` (tag ``--serve-ref``, default v0.12.0; missing blobs are
 skipped) into ``--serve-src``.
 
+TorchServe's gRPC test files (``test_gRPC_*.py``) import client stubs that its CI generates
+first (``ts_scripts/regression_utils.py``: grpc_tools.protoc over the checkout's
+``frontend/server/src/main/resources/proto/`` into ``test/pytest``). The same is done here for
+each target's copy, with grpcio-tools and googleapis-common-protos (``google/rpc/status.proto``,
+which ``inference.proto`` imports; TorchServe takes it from a googleapis submodule the mirror
+lacks) installed into the e2e venv, pinned to this repository's lock so that client and
+modelserve share one grpcio/protobuf. ``test_gRPC_inference_api.py``'s stateful model runs with
+``install_py_dep_per_model=true``: both servers pip-install its ``lru-dict`` from the index.
+
 Results: ``OUT/<target>/<file>.xml`` (JUnit) and ``.log``, ``OUT/<target>/results.json`` (kept
 between runs, so one target can be rerun alone), ``OUT/summary.json`` and the printed table.
 Ports 8080-8082 and 7070-7071 must be free; a leftover server is stopped with the target's own
@@ -60,6 +70,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+GRPC_FILES = [
+    "test_gRPC_inference_api.py",
+    "test_gRPC_management_apis.py",
+    "test_gRPC_model_control.py",
+    "test_gRPC_allowed_urls.py",
+    "test_gRPC_token_authorization.py",
+]
 DEFAULT_FILES = [
     "test_model_control_mode.py",
     "test_snapshot.py",
@@ -69,6 +86,7 @@ DEFAULT_FILES = [
     "test_handler_traceback_logging.py",
     "test_startup_timeout.py",
     "test_url_path.py",
+    *GRPC_FILES,
 ]
 PORTS = (8080, 8081, 8082, 7070, 7071)
 TORCH = "torch==2.13.0"
@@ -76,6 +94,8 @@ BASE_PACKAGES = [TORCH, "torchvision", "pytest", "pytest-timeout", "requests", "
                  "psutil", "torch-model-archiver==0.12.0"]
 # TorchServe's worker imports captum (vision_handler) and torchvision (image_classifier)
 TORCHSERVE_PACKAGES = ["torchserve==0.12.0", "captum"]
+# the gRPC test files' client stubs: protoc (grpcio-tools) and google/rpc/status.proto
+GOOGLEAPIS_PROTOS = "googleapis-common-protos==1.76.0"  # protobuf 7 accepted
 
 TINY_MODEL_PY = '''\
 import torch
@@ -202,15 +222,21 @@ def copy_checkout(src: Path, dest: Path) -> None:
                     ignore=shutil.ignore_patterns(".git", "model_store_gen", "logs", "__pycache__"))
 
 
-def write_mnist_weights(python: Path, serve: Path) -> None:
-    """examples/image_classifier/mnist/mnist_cnn.pt (git LFS, absent from the mirror):
-    seeded random weights for the checkout's own mnist.Net."""
-    pt = serve / "examples" / "image_classifier" / "mnist" / "mnist_cnn.pt"
-    if pt.exists() and pt.stat().st_size > 1000:
-        return
-    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import mnist; "
-            "torch.manual_seed(0); torch.save(mnist.Net().state_dict(), sys.argv[2])")
-    subprocess.run([str(python), "-c", code, str(pt.parent), str(pt)], check=True)
+# weights the tests archive (git LFS, absent from the mirror), by the module whose Net they fit:
+# mnist.mar (mar_config) and the stateful example (test_gRPC_inference_api's StreamPredictions2)
+LFS_WEIGHTS = [("examples/image_classifier/mnist/mnist_cnn.pt", "mnist"),
+               ("examples/stateful/model_cnn.pt", "model")]
+
+
+def write_lfs_weights(python: Path, serve: Path) -> None:
+    """Seeded random weights for the checkout's own ``Net`` where LFS weights are missing."""
+    for rel, module in LFS_WEIGHTS:
+        pt = serve / rel
+        if pt.exists() and pt.stat().st_size > 1000:
+            continue
+        code = (f"import sys, torch; sys.path.insert(0, sys.argv[1]); import {module}; "
+                f"torch.manual_seed(0); torch.save({module}.Net().state_dict(), sys.argv[2])")
+        subprocess.run([str(python), "-c", code, str(pt.parent), str(pt)], check=True)
 
 
 # ---------------------------------------------------------------- the venv
@@ -219,6 +245,20 @@ def write_mnist_weights(python: Path, serve: Path) -> None:
 def pip(venv: Path, *args: str) -> None:
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *args],
                    check=True)
+
+
+def locked(name: str, lock: str) -> str:
+    """``name==version`` as requirements/<lock> pins it."""
+    for line in (REPO / "requirements" / lock).read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split()[0]
+    sys.exit(f"{name} is not pinned in requirements/{lock}")
+
+
+def grpc_packages() -> list[str]:
+    """grpcio and protobuf as modelserve's lock pins them, the grpcio-tools made for them."""
+    return [locked("grpcio", "serve.txt"), locked("protobuf", "serve.txt"),
+            locked("grpcio-tools", "dev.txt"), GOOGLEAPIS_PROTOS]
 
 
 def ensure_venv(venv: Path, targets: list[str]) -> Path:
@@ -238,6 +278,9 @@ def ensure_venv(venv: Path, targets: list[str]) -> Path:
         pip(venv, TORCH, "-r", str(REPO / "requirements" / "serve.txt"))
         pip(venv, "--no-deps", "-e", str(REPO))
         done.add("modelserve")
+    if "grpc" not in done:
+        pip(venv, *grpc_packages())
+        done.add("grpc")
     stamp.write_text("\n".join(sorted(done)) + "\n")
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; "
                                 "print(sysconfig.get_paths()['purelib'])"],
@@ -249,6 +292,20 @@ def ensure_venv(venv: Path, targets: list[str]) -> Path:
     if check.returncode:
         sys.exit(f"torchvision does not import in {venv}:\n{check.stderr[-2000:]}")
     return python
+
+
+def generate_grpc_stubs(python: Path, serve: Path) -> None:
+    """inference/management ``_pb2(_grpc).py`` into the copy's test/pytest, as TorchServe's CI
+    does before its pytest run; ``google/rpc/status.proto`` from googleapis-common-protos."""
+    protos = serve / "frontend" / "server" / "src" / "main" / "resources" / "proto"
+    googleapis = subprocess.run(
+        [str(python), "-c", "import google.rpc.status_pb2 as m, pathlib; "
+         "print(pathlib.Path(m.__file__).parents[2])"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run([str(python), "-m", "grpc_tools.protoc", f"-I{googleapis}",
+                    f"--proto_path={protos}", "--python_out=.", "--grpc_python_out=.",
+                    str(protos / "inference.proto"), str(protos / "management.proto")],
+                   check=True, cwd=serve / "test" / "pytest")
 
 
 # ---------------------------------------------------------------- the archives
@@ -483,7 +540,8 @@ def main() -> int:
     for target in targets:
         serve = out / target / "serve"
         copy_checkout(src, serve)
-        write_mnist_weights(python, serve)
+        write_lfs_weights(python, serve)
+        generate_grpc_stubs(python, serve)
         if mars is None:
             mars = build_mars(python, serve, out)
         tmpdir = args.tmpdir / target

@@ -77,6 +77,8 @@ def type_text(annotation: Any, metadata: list[Any] = ()) -> str:
             text += f" of {type_text(args[0])}s"
     elif annotation is Path:
         text = "path"
+    elif hasattr(annotation, "model_fields"):  # a section of settings (autoscale)
+        text = "mapping"
     else:
         text = {"str": "string", "bool": "`true` or `false`"}.get(annotation.__name__,
                                                                     annotation.__name__)
@@ -88,6 +90,8 @@ def default_text(value: Any) -> str:
     """A default as config.yaml writes it."""
     if isinstance(value, Path):
         value = str(value)
+    if hasattr(value, "model_dump"):  # a section of settings (autoscale)
+        value = value.model_dump()
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return f"`{text.removesuffix('...').strip()}`"
 

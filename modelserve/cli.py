@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from modelserve import __version__
+from modelserve.ts_env import from_environment
 
 if TYPE_CHECKING:
     from modelserve.ts_config import TsConfig
@@ -112,20 +114,21 @@ def _print_banner(settings: object, errors: list[str]) -> None:
 
 def _ts_properties(ts: TsConfig | None, ts_file: Path | None, model_store: Path | None,
                    models: list[str] | None, enable_model_api: bool,
-                   disable_token_auth: bool) -> dict[str, str]:
+                   disable_token_auth: bool, workflow_store: Path | None = None,
+                   ) -> dict[str, str]:
     """What TorchServe's ConfigManager holds of its config file and flags: the keys each of its
     snapshot files carries."""
     props: dict[str, str] = {}
     if ts is not None and ts_file is not None:
         props = {**ts.properties, "tsConfigFile": str(ts_file)}
-    if model_store is not None:
-        props["model_store"] = str(model_store)
-    if models:
-        props["load_models"] = ",".join(models)
-    if enable_model_api:
-        props["enable_model_api"] = "true"
-    if disable_token_auth:
-        props["disable_token_authorization"] = "true"
+    flags = {"model_store": str(model_store) if model_store is not None else None,
+             "load_models": ",".join(models) if models else None,
+             "enable_model_api": "true" if enable_model_api else None,
+             "disable_token_authorization": "true" if disable_token_auth else None,
+             "workflow_store": str(workflow_store) if workflow_store is not None else None}
+    env = from_environment(props, os.environ)  # TS_* variables beat the flags
+    props.update({key: value for key, value in flags.items()
+                  if value is not None and key not in env})
     return props
 
 
@@ -135,6 +138,9 @@ def start(
         None, "--config", "-c", help="YAML config file (see config.yaml for every key)."),
     model_store: Path | None = typer.Option(
         None, "--model-store", help="Directory that archive names resolve against."),
+    workflow_store: Path | None = typer.Option(
+        None, "--workflow-store", help="Directory that workflow archive (.war) names resolve "
+        "against (default: the model store)."),
     models: list[str] | None = typer.Option(
         None, "--models", help="Archives to load at start: NAME=ARCHIVE, ARCHIVE or 'all', "
         "as TorchServe takes them (--models a=a.mar b.mar) or repeated; replaces load_models "
@@ -178,19 +184,24 @@ def start(
 
     def load(ts: TsConfig | None, ts_file: Path | None) -> Settings:
         ts_values = ts.settings if ts else {}
+        # enable_envvars_config: TS_* variables beat these flags (ConfigManager reads them last)
+        env = set(from_environment(ts.properties, os.environ)) if ts else set()
         return load_settings(
             config, ts_values=ts_values,
             personality=torchserve_defaults(ts_values) if as_torchserve else None,
-            model_store=model_store,
-            load_models=models or None, host=host, inference_port=inference_port,
+            model_store=None if "model_store" in env else model_store,
+            workflow_store=None if "workflow_store" in env else workflow_store,
+            load_models=None if "load_models" in env else models or None, host=host,
+            inference_port=inference_port,
             management_port=management_port, metrics_port=metrics_port,
             grpc_inference_port=grpc_inference_port, log_level=log_level,
-            disable_token_auth=True if disable_token_auth else None,
-            enable_model_api=True if enable_model_api else None,
+            disable_token_auth=True if disable_token_auth
+            and "disable_token_authorization" not in env else None,
+            enable_model_api=True if enable_model_api and "enable_model_api" not in env else None,
             model_snapshot=False if no_config_snapshots else None,
             ts_config_snapshots=False if no_config_snapshots else None,
             ts_properties=_ts_properties(ts, ts_file, model_store, models, enable_model_api,
-                                         disable_token_auth),
+                                         disable_token_auth, workflow_store),
         )
 
     restored = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -20,14 +20,11 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-# Bounds of the batching parameters wherever they are set (config.yaml, model-config.yaml,
-# POST /models): finite, and small enough for the OIP model config's integer fields (Triton's
-# max_batch_size is an int32, max_queue_delay_microseconds a uint64).
-BatchSize = Annotated[int, Field(ge=1, le=2**31 - 1)]
-DelayMs = Annotated[float, Field(ge=0, le=86_400_000, allow_inf_nan=False)]  # at most a day
-TimeoutS = Annotated[float, Field(gt=0, le=604_800, allow_inf_nan=False)]  # at most a week
-# Batches one worker runs at once (modelserve.worker.lanes); "auto": the handler decides.
-BatchThreads = Annotated[int, Field(ge=1, le=64)] | Literal["auto"]
+from modelserve.autoscale_config import AutoscaleSettings
+from modelserve.model_config import BatchSize, BatchThreads, DelayMs, ModelConfig, TimeoutS
+
+__all__ = ["BatchSize", "BatchThreads", "DelayMs", "ModelConfig", "Settings", "TimeoutS",
+           "load_settings"]
 
 
 def _upper(value: Any) -> Any:
@@ -72,6 +69,9 @@ class Settings(BaseSettings):
         None, description="Address TorchServe's two gRPC APIs bind to; None: host. Under "
         "--ts-config: 127.0.0.1 (grpc_inference_address).")
     model_store: Path = Field(Path("model_store"), description="Where archive names resolve.")
+    workflow_store: Path | None = Field(
+        None, description="Where workflow archive (.war) names in POST /workflows?url= "
+        "resolve; None: model_store, as in TorchServe.")
     load_models: list[str] = Field(
         default_factory=list,
         description="Archives to register at start: 'NAME=ARCHIVE', 'ARCHIVE' or 'all'.",
@@ -85,8 +85,7 @@ class Settings(BaseSettings):
     response_timeout: TimeoutS = Field(120.0, description="Seconds a batch may take.")
     startup_timeout: TimeoutS = Field(120.0, description="Seconds a worker may take to load.")
     job_queue_size: int = Field(
-        1000, ge=1, description="Queued requests per model version before 503."
-    )
+        1000, ge=1, description="Queued requests per model version before 503.")
     pipeline_depth: int = Field(
         2, ge=1, description="Batches in flight per worker batch lane, counting the one it "
         "runs: batch_threads + pipeline_depth - 1 per worker.")
@@ -94,25 +93,33 @@ class Settings(BaseSettings):
         "auto", description="Batches one worker runs at once, each on its own thread with its "
         "own copy of the handler (threads_per_worker shared among them). auto: one per torch "
         "thread (at most 4) on CPU when the handler class declares thread_safe = True (the "
-        "built-in handlers do), else 1, TorchServe's one batch at a time.")
+        "built-in handlers do) or subclasses such a class without an initialize of its own, "
+        "else 1, TorchServe's one batch at a time.")
     max_request_size: int = Field(6553500, ge=1, description="Largest request body, bytes.")
     max_response_size: int = Field(6553500, ge=1, description="Largest response body, bytes.")
+    service_envelope: Annotated[Literal["body", "json", "kserve", "kservev2"] | None,
+                                BeforeValidator(lambda v: v.strip() or None
+                                                if isinstance(v, str) else v)] = Field(
+        None, description="TorchServe's request envelope around every handler (kserve, "
+        "kservev2, json, body: modelserve.worker.envelopes); None: plain request dicts.")
     allowed_urls: list[str] = Field(
         default_factory=list,
         description="Regexes of http(s)/file URLs that POST /models may fetch; empty: only "
         "archives inside model_store.",
     )
     install_py_dep_per_model: bool = Field(
-        False, description="pip-install an archive's requirements file for its workers."
-    )
+        False, description="pip-install an archive's requirements file for its workers.")
     models: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
         description="Per-model overrides, TorchServe's shape: name -> version -> "
         "{minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout, ...}.",
     )
     threads_per_worker: int | None = Field(
-        None, ge=1, description="Torch/ONNX threads per worker; default cores / workers."
-    )
+        None, ge=1, description="Torch/ONNX threads per worker; default cores / the workers "
+        "of its model.")
+    autoscale: AutoscaleSettings = Field(
+        default_factory=AutoscaleSettings, description="Workers between minWorkers and "
+        "maxWorkers on each model's load (modelserve.autoscale_config; docs/autoscaling.md).")
     worker_start: Literal["zygote", "spawn"] = Field(
         "zygote", description="zygote: workers are forked from one process that imported torch "
         "once, so they share its memory and start without importing it again; spawn: each "
@@ -153,11 +160,9 @@ class Settings(BaseSettings):
         "default_workers_per_model. TorchServe registers with 0 unless its config sets "
         "default_workers_per_model (the default under --ts-config).")
     max_archive_size: int = Field(
-        20 << 30, ge=1, description="Largest total extracted size of an archive, bytes."
-    )
+        20 << 30, ge=1, description="Largest total extracted size of an archive, bytes.")
     max_archive_ratio: float = Field(
-        200.0, gt=1, description="Largest extracted/compressed size ratio (zip bombs)."
-    )
+        200.0, gt=1, description="Largest extracted/compressed size ratio (zip bombs).")
     # -- TLS and CORS (modelserve.server.transport.tls, .http.cors) ----------------------------
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate chain, the server's certificate first, for the "
@@ -177,6 +182,10 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = Field(
         None, description="PEM CA certificates: every TLS listener then asks for a client "
         "certificate signed by one of them (mutual TLS).")
+    tls_security_level: int | None = Field(
+        None, ge=0, le=5, description="OpenSSL security level of the HTTP listeners' TLS "
+        "(1 accepts 1024-bit RSA keys, 2 refuses them). None: OpenSSL's default (2 on "
+        "current systems); the TorchServe personality uses 1, as Java accepts such keys.")
     tls_listeners: list[Literal["inference", "management", "metrics", "grpc"]] | None = Field(
         None, description="The listeners that serve TLS ('grpc': every gRPC server). None: all "
         "of them when tls_cert_file, tls_key_file or tls_keystore is set, else none. A "
@@ -193,12 +202,22 @@ class Settings(BaseSettings):
         "'Authorization, Content-Type' (TorchServe's cors_allowed_headers).")
     # -- reliability -------------------------------------------------------------------------
     shutdown_grace_period: float = Field(
-        30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests."
-    )
+        30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")
     drain_delay: float = Field(
         0.0, ge=0, description="Seconds after SIGTERM the listeners keep accepting while "
         "/ping answers 503 Draining."
     )
+    request_header_timeout: TimeoutS = Field(
+        60.0, description="Seconds a client has to send a whole request head (from connecting, "
+        "or a kept-alive request's first byte); then 408 and closed (nginx's default).")
+    request_body_timeout: TimeoutS = Field(
+        60.0, description="Seconds a request body may pause between two reads; then 408 and "
+        "closed (nginx's default).")
+    max_connections: int | None = Field(
+        None, ge=1, description="Most client connections of the HTTP listeners together; None: "
+        "the descriptor limit less a reserve for workers, archives and logs.")
+    ready_with_failed_models: bool = Field(
+        False, description="Readiness ignores models named at start that cannot load at all.")
     model_snapshot: bool = Field(
         True, description="Save registered models to <state_dir>/models.json and restore "
         "them at start."
@@ -228,6 +247,15 @@ class Settings(BaseSettings):
     access_log_format: Literal["json", "torchserve"] = Field(
         "json", description="json: a JSON object per request; torchserve: TorchServe's line, "
         "'/IP:PORT \"METHOD URI HTTP/1.1\" STATUS MS' (the default under --ts-config).")
+    lifecycle_log: Literal["modelserve", "torchserve"] = Field(
+        "modelserve", description="How worker start failures are logged. torchserve: in "
+        "TorchServe's words, which its scripts and tests wait for ('Backend worker error', "
+        "'Load model failed: NAME, error: Worker died.'); the default under --ts-config.")
+    log4j_config: Path | None = Field(
+        None, description="A TorchServe log4j2 file (XML or .properties): its ACCESS_LOG, "
+        "MODEL_LOG, TS_METRICS and MODEL_METRICS levels (else Root's) are those of "
+        "TorchServe's log files here. Set from config.properties' vmargs "
+        "-Dlog4j.configurationFile and torchserve --log-config; None: INFO.")
     # -- TorchServe's log files and metrics log -----------------------------------------------
     log_dir: Path | None = Field(
         None, description="Write TorchServe's log files here: access_log.log, model_log.log "
@@ -240,10 +268,17 @@ class Settings(BaseSettings):
         "prometheus", description="prometheus: metrics on /metrics only. log: also as "
         "TorchServe's metric lines in ts_metrics.log and model_metrics.log (TorchServe's "
         "default, so the default under --ts-config). legacy: log, less the ts_inference_* "
-        "counters. /metrics serves Prometheus in every mode.")
+        "counters. /metrics serves Prometheus in every mode (see metrics_exposition).")
+    metrics_exposition: Literal["modelserve", "torchserve"] = Field(
+        "modelserve", description="What /metrics serves. modelserve: every metric, "
+        "TorchServe's names included, plus modelserve_* series. torchserve: TorchServe's own "
+        "/metrics (the default under --ts-config): the metrics_config series in metrics_mode "
+        "prometheus, only the ts_inference_* counters in legacy, none in log, in its Java "
+        "client's text format; modelserve_* series follow them.")
     metrics_config: Path | None = Field(
-        None, description="A TorchServe metrics.yaml: which metrics the metrics log writes, "
-        "with their units and dimension names. None: TorchServe's default selection.")
+        None, description="A TorchServe metrics.yaml: which metrics the metrics log writes "
+        "(and, with metrics_exposition torchserve, /metrics lists), with their units, types and "
+        "dimension names. None: TorchServe's default selection.")
     model_metrics_auto_detect: bool = Field(
         False, description="Metrics log: also write handler metrics metrics_config does not "
         "name (TorchServe's model_metrics_auto_detect).")
@@ -309,57 +344,3 @@ def load_settings(config_file: Path | None = None, ts_values: dict[str, Any] | N
 
     given = {k: v for k, v in overrides.items() if v is not None}
     return _FromFile(**given)
-
-
-class ModelConfig(BaseModel):
-    """Per-model-version serving parameters (TorchServe's model-config.yaml keys).
-
-    Unknown top-level keys of model-config.yaml are kept for the handler
-    (``context.model_yaml_config``), as TorchServe does.
-    """
-
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    min_workers: int = Field(1, ge=0, alias="minWorkers")
-    max_workers: int = Field(1, ge=0, alias="maxWorkers")
-    batch_size: BatchSize = Field(1, alias="batchSize")
-    max_batch_delay: DelayMs = Field(100.0, alias="maxBatchDelay")  # milliseconds
-    response_timeout: TimeoutS = Field(120.0, alias="responseTimeout")  # seconds
-    startup_timeout: TimeoutS = Field(120.0, alias="startupTimeout")  # seconds
-    job_queue_size: int = Field(1000, ge=1, alias="jobQueueSize")
-    device_type: Literal["cpu", "gpu"] | None = Field(None, alias="deviceType")
-    batch_threads: BatchThreads = Field("auto", alias="batchThreads")
-
-    @field_validator("device_type", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
-
-    @classmethod
-    def resolve(
-        cls, settings: Settings, yaml_config: dict[str, Any], overrides: dict[str, Any],
-        configured: dict[str, Any] | None = None, default_workers: int | None = None,
-    ) -> ModelConfig:
-        """Server defaults, then the server's per-model ``models`` entry, then the archive's
-        model-config.yaml, then API parameters (TorchServe's order). ``default_workers``
-        replaces default_workers_per_model as the server default (registration_workers)."""
-        workers = settings.default_workers_per_model if default_workers is None \
-            else default_workers
-        values: dict[str, Any] = {
-            "min_workers": workers,
-            "max_workers": workers,
-            "batch_size": settings.batch_size,
-            "max_batch_delay": settings.max_batch_delay,
-            "response_timeout": settings.response_timeout,
-            "startup_timeout": settings.startup_timeout,
-            "job_queue_size": settings.job_queue_size,
-            "batch_threads": settings.batch_threads,
-        }
-        values.update(cls.model_validate(configured or {}).model_dump(exclude_unset=True))
-        from_yaml = cls.model_validate(yaml_config).model_dump(exclude_unset=True)
-        values.update(from_yaml)
-        if "min_workers" in from_yaml and "max_workers" not in from_yaml:
-            values["max_workers"] = max(values["min_workers"], values["max_workers"])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        values["max_workers"] = max(values["max_workers"], values["min_workers"])
-        return cls.model_validate(values)

@@ -27,6 +27,20 @@ def timing() -> Iterator[None]:
         _local.seconds = getattr(_local, "seconds", 0.0) + time.perf_counter() - start
 
 
+@contextmanager
+def timing_unless_timed() -> Iterator[None]:
+    """Add the time of the block to this thread's clock unless a model call inside it was
+    timed already: a TorchServe handler's own ``inference`` that calls ``self.model``
+    directly counts as the model call it is."""
+    before = getattr(_local, "seconds", 0.0)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if getattr(_local, "seconds", 0.0) == before:
+            _local.seconds = before + time.perf_counter() - start
+
+
 def take() -> float:
     """Seconds in model calls on this thread since the last take."""
     seconds = getattr(_local, "seconds", 0.0)

@@ -45,11 +45,18 @@ def torchserve_defaults(ts_values: Mapping[str, Any],
         "access_log": True,
         "access_log_format": "torchserve",
         "metrics_mode": "log",
+        # WorkerThread / BatchAggregator: worker start failures in TorchServe's words
+        "lifecycle_log": "torchserve",
+        # MetricBuilder / PrometheusMetricsRequestHandler: /metrics holds what the metrics
+        # mode puts there, in the Java client's format
+        "metrics_exposition": "torchserve",
         # ConfigManager.getGRPCPort / getGRPCAddress: TorchServe's gRPC inference and
         # management APIs on 127.0.0.1:7070 and :7071
         "grpc_torchserve_inference_port": 7070,
         "grpc_torchserve_management_port": 7071,
         "grpc_torchserve_host": "127.0.0.1",
+        # Java's TLS accepts 1024-bit RSA keys (TorchServe's own test certificate is one)
+        "tls_security_level": 1,
     }
     if "default_workers_per_model" not in ts_values:
         # ConfigManager.getConfiguredDefaultWorkersPerModel: 0 when unset, so POST /models

@@ -39,10 +39,11 @@ def parser() -> argparse.ArgumentParser:
     action.add_argument("--stop", action="store_true", help="Stop the model server.")
     p.add_argument("--ts-config", help="config.properties (or TS_CONFIG_FILE).")
     p.add_argument("--model-store", help="Directory of model archives.")
-    p.add_argument("--workflow-store", help="Not supported yet: workflows are not served.")
+    p.add_argument("--workflow-store", help="Directory of workflow archives (.war).")
     p.add_argument("--models", nargs="+", action="extend", metavar="[NAME=]ARCHIVE",
                    help="Models to load: NAME=ARCHIVE, ARCHIVE, a URL or 'all'.")
-    p.add_argument("--log-config", help="Not used: modelserve logs with Python's logging.")
+    p.add_argument("--log-config", help="A log4j2 file: its logger levels are those of "
+                   "TorchServe's log files (log4j_config; the rest is Python's logging).")
     p.add_argument("--cpp-log-config", help="Not used: there is no C++ backend.")
     p.add_argument("--foreground", action="store_true", help="Run in the foreground.")
     p.add_argument("--no-config-snapshots", "--ncs", action="store_true",
@@ -120,15 +121,17 @@ def start_command(args: argparse.Namespace) -> list[str] | int:
         command += ["--model-store", args.model_store]
     elif not ts_config:  # TorchServe also takes model_store from the config file
         return _fail("Missing mandatory parameter --model-store")
+    if args.workflow_store:
+        if not os.path.isdir(args.workflow_store):
+            return _fail(f"--workflow-store directory not found: {args.workflow_store}")
+        command += ["--workflow-store", args.workflow_store]
     for flag, value in (("--log-config", args.log_config),
                         ("--cpp-log-config", args.cpp_log_config)):
         if value and not os.path.isfile(value):
             return _fail(f"{flag} file not found: {os.path.realpath(value)}")
     for flag, value, why in (
-            ("--log-config", args.log_config, "modelserve logs with Python's logging"),
             ("--cpp-log-config", args.cpp_log_config, "there is no C++ backend"),
-            ("--plugins-path", args.plugins_path, "TorchServe's Java plugins do not apply"),
-            ("--workflow-store", args.workflow_store, "workflows are not served yet")):
+            ("--plugins-path", args.plugins_path, "TorchServe's Java plugins do not apply")):
         if value:
             print(f"Warning: {flag} is ignored: {why}.", file=sys.stderr)
     if args.models:
@@ -155,7 +158,10 @@ def main(argv: list[str]) -> int:
     command = start_command(args)
     if isinstance(command, int):
         return command
-    process = subprocess.Popen(command)
+    # as TorchServe, --log-config wins over the file vmargs names (ts_log4j)
+    env = ({**os.environ, "MODELSERVE_LOG4J_CONFIG": os.path.realpath(args.log_config)}
+           if args.log_config else None)
+    process = subprocess.Popen(command, env=env)
     PID_FILE.write_text(str(process.pid))
     if args.foreground:
         try:

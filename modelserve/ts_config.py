@@ -33,6 +33,7 @@ from modelserve.ts_grpc import GRPC_FIELDS, map_grpc
 from modelserve.ts_listeners import PORT_FIELDS as _PORT_FIELDS
 from modelserve.ts_listeners import TLS_SWITCHES as _TLS_SWITCHES
 from modelserve.ts_listeners import map_listeners
+from modelserve.ts_log4j import config_from_vmargs
 from modelserve.ts_unmapped import java_bool, unmapped_warning
 
 __all__ = ["TsConfig", "parse_properties", "read_ts_config"]
@@ -192,6 +193,15 @@ def _workers(key: str, value: str, warnings: Warnings) -> int:
     return count
 
 
+def _envelope(key: str, value: str, warnings: Warnings) -> str | None:
+    """A module of TorchServe's ts/torch_handler/request_envelope/; empty: none."""
+    name = value.strip()
+    if name and name not in ("body", "json", "kserve", "kservev2"):
+        raise ValueError(f"{key}: {name!r} is not one of TorchServe's envelopes: body, json, "
+                         "kserve, kservev2")
+    return name or None
+
+
 def _allowed_urls(key: str, value: str, warnings: Warnings) -> list[str]:
     patterns = _comma_list(value)
     for pattern in patterns:
@@ -266,6 +276,7 @@ _Converter = Callable[[str, str, Warnings], Any]
 # TorchServe key -> (Settings field, converter)
 _MAPPED: dict[str, tuple[str, _Converter]] = {
     "model_store": ("model_store", _path),
+    "workflow_store": ("workflow_store", _path),
     "load_models": ("load_models", _load_models),
     "default_workers_per_model": ("default_workers_per_model", _workers),
     "job_queue_size": ("job_queue_size", _integer),
@@ -279,6 +290,7 @@ _MAPPED: dict[str, tuple[str, _Converter]] = {
     "disable_token_authorization": ("disable_token_auth", _boolean),
     "token_expiration_min": ("token_expiration_min", _minutes),
     "enable_model_api": ("enable_model_api", _boolean),
+    "service_envelope": ("service_envelope", _envelope),
     "model_snapshot": ("ts_model_snapshot", _model_snapshot),
     "metrics_mode": ("metrics_mode", _metrics_mode),
     "metrics_config": ("metrics_config", _path),
@@ -295,6 +307,11 @@ _MAPPED: dict[str, tuple[str, _Converter]] = {
     "cors_allowed_origin": ("cors_allowed_origin", _text),
     "cors_allowed_methods": ("cors_allowed_methods", _text),
     "cors_allowed_headers": ("cors_allowed_headers", _text),
+    # modelserve's own keys (TorchServe has none): slow clients, descriptors, readiness
+    "request_header_timeout": ("request_header_timeout", _seconds),
+    "request_body_timeout": ("request_body_timeout", _seconds),
+    "max_connections": ("max_connections", _integer),
+    "ready_with_failed_models": ("ready_with_failed_models", _boolean),
 }
 
 # -- the file -------------------------------------------------------------------------------
@@ -328,6 +345,8 @@ def read_ts_config(path: Path) -> TsConfig:
     config = TsConfig(properties=dict(props))
     map_listeners(props, config.settings, config.warnings)
     map_grpc(props, config.settings, config.warnings)
+    if (log4j := config_from_vmargs(props.get("vmargs", ""))) is not None:
+        config.settings["log4j_config"] = log4j  # its levels quiet the log files (ts_log4j)
     for key, value in props.items():
         if (key in _PORT_FIELDS or key in SWITCHES or key in _TLS_SWITCHES
                 or key in GRPC_FIELDS):

@@ -38,16 +38,25 @@ def _variable(key: str) -> str:
     return RENAMED.get(key, f"TS_{key.upper()}")
 
 
-def with_environment(props: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
-    """``props`` with the ``TS_*`` variables laid over it when the file enables that."""
-    out = dict(props)
-    if out.get("enable_envvars_config", "false").strip().lower() != "true":
-        return out
-    env_urls = out.get("use_env_allowed_urls", "false").strip().lower() == "true"
+def from_environment(props: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """The keys the ``TS_*`` variables set, when the file enables that (else none).
+
+    TorchServe reads them after its command-line flags (ConfigManager's constructor), so a
+    key named here also beats ``--model-store``, ``--models``, ``--enable-model-api`` and
+    ``--disable-token-auth``."""
+    if props.get("enable_envvars_config", "false").strip().lower() != "true":
+        return {}
+    env_urls = props.get("use_env_allowed_urls", "false").strip().lower() == "true"
+    found: dict[str, str] = {}
     for key in KEYS | RENAMED.keys():
         if key == "allowed_urls" and not env_urls:
             continue
         value = env.get(_variable(key))
         if value is not None:
-            out[key] = value
-    return out
+            found[key] = value
+    return found
+
+
+def with_environment(props: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """``props`` with the ``TS_*`` variables laid over it when the file enables that."""
+    return {**props, **from_environment(props, env)}

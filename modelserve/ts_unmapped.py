@@ -79,7 +79,8 @@ IGNORED: dict[str, _Rule] = {
     "use_native_io": _NETTY_IO,
     "io_ratio": _NETTY_IO,
     "prefer_direct_buffer": _harmless("JVM memory setting; there is no JVM here"),
-    "vmargs": _harmless("JVM options; there is no JVM here"),
+    "vmargs": _harmless("JVM options; there is no JVM here (the levels of the log4j2 file "
+                        "a -Dlog4j.configurationFile names are read: log4j_config)"),
     "async_logging": _harmless("log4j setting; modelserve logs through Python logging "
                                "(log_level)"),
     "model_server_home": _harmless("TorchServe's install directory; none is needed"),
@@ -109,8 +110,6 @@ IGNORED: dict[str, _Rule] = {
                                        "applies)"),
     "ts_open_inference_protocol": _depends(_when_false, "only TorchServe's REST inference "
                                            "API is served here"),
-    "service_envelope": _unsupported("request envelopes (json, kserve, kservev2) are not "
-                                     "applied; handlers get TorchServe's plain request dicts"),
     "default_service_handler": _unsupported("an archive must name its handler in its "
                                             "manifest"),
     "ts_header_key_sequence_id": _SEQUENCE,
@@ -131,7 +130,6 @@ IGNORED: dict[str, _Rule] = {
     "python": _unsupported("workers run on the interpreter that runs modelserve"),
     "plugins_path": _unsupported("TorchServe's Java plugins (endpoints, snapshot "
                                  "serializers) cannot load here"),
-    "workflow_store": _unsupported("modelserve serves no workflows (.war archives)"),
     "grpc_inference_max_connection_age_ms": _GRPC,
     "grpc_management_max_connection_age_ms": _GRPC,
     "grpc_inference_max_connection_age_grace_ms": _GRPC,

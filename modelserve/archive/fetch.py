@@ -2,7 +2,9 @@
 
 A name or relative path resolves inside the model store. An ``http(s)://`` or ``file://`` URL,
 or an absolute path outside the store, must match one of ``allowed_urls`` (full-match regexes,
-as TorchServe's); http(s) archives are downloaded once into the work directory.
+as TorchServe's); http(s) archives are downloaded once into the work directory. Such a URL
+with a ``..`` segment is refused first, as TorchServe refuses it (404 "Relative path is not
+allowed"): ``allowed_urls`` match the URL's text, which ``..`` would lead elsewhere.
 
 A symbolic link in the model store is followed wherever it points, as TorchServe does (its
 test helpers link every archive into the store): whoever put it there trusts its target. A
@@ -19,7 +21,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from modelserve.errors import BadRequestError, ModelNotFoundError
@@ -63,6 +65,9 @@ def resolve_archive(url: str, model_store: Path, workdir: Path, allowed_urls: li
     if not url:
         raise BadRequestError("Parameter url is required.")
     scheme = urlparse(url).scheme
+    if scheme in ("http", "https", "file") and ".." in PurePosixPath(
+            unquote(urlparse(url).path)).parts:
+        raise ModelNotFoundError(f"Relative path is not allowed in url: {url}")
     if scheme in ("http", "https"):
         if not _allowed(url, allowed_urls):
             raise BadRequestError(f"Given URL {url} does not match any allowed URL(s)")

@@ -23,9 +23,12 @@ class RequirementsError(RuntimeError):
 
 
 def install_requirements(requirements: Path, workdir: Path) -> Path:
-    """Install into ``workdir/deps/<content hash>`` (reused when present); returns that dir."""
+    """Install into ``workdir/deps/<content hash>`` (reused when present); returns that dir,
+    absolute: pip runs in the requirements file's folder (where its relative lines point),
+    and a relative ``workdir`` (the default, ``.modelserve``) would land there instead."""
+    requirements = requirements.absolute()
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
-    target = workdir / "deps" / digest
+    target = (workdir / "deps" / digest).absolute()
     if (target / ".complete").exists():
         return target
     shutil.rmtree(target, ignore_errors=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from modelserve import model_clock
 from modelserve.handlers.errors import PredictionException
 from modelserve.handlers.runtimes import input_shape, is_onnx, load_model, run_model
 from modelserve.handlers.util import load_label_mapping
@@ -174,7 +175,10 @@ class BaseHandler:
 
     def _run_pipeline(self, data: list[dict[str, Any]]) -> list[Any]:
         start = time.perf_counter()
-        output = self.postprocess(self.inference(self.preprocess(data)))
+        batch = self.preprocess(data)
+        with model_clock.timing_unless_timed():  # a subclass's inference may not use run_model
+            inferred = self.inference(batch)
+        output = self.postprocess(inferred)
         self._record_handler_time(start)
         return output
 

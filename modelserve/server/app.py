@@ -20,19 +20,28 @@ from typing import Any
 import uvicorn
 
 from modelserve.config import Settings
+from modelserve.server import heap
 from modelserve.server.engine.dataplane import DataPlane
+from modelserve.server.engine.workflows import Workflows
 from modelserve.server.observability import metrics_log
 from modelserve.server.observability.metrics import ServerMetrics
 from modelserve.server.transport import tls
 from modelserve.server.transport.auth import KeyStore, TokenAuth
 from modelserve.server.transport.http.access_log import AccessLog
+from modelserve.server.transport.http.connections import ConnectionMetrics, open_table
 from modelserve.server.transport.http.cors import with_cors
+from modelserve.server.transport.http.deadlines import Guard, guarded_protocol
 from modelserve.server.transport.http.disconnect import DisconnectProbe
 from modelserve.server.transport.http.limits import BodyLimit
 from modelserve.server.transport.http.paths import TrailingSlash
+from modelserve.server.transport.torchserve.fast_path import PredictionsFastPath
 from modelserve.server.transport.torchserve.inference import create_inference_app
 from modelserve.server.transport.torchserve.management import create_management_app
 from modelserve.server.transport.torchserve.metrics import StatusCounter, create_metrics_app
+from modelserve.server.transport.torchserve.workflows import (
+    add_workflow_inference_routes,
+    add_workflow_management_routes,
+)
 from modelserve.server.transport.v2.core import V2Core
 from modelserve.server.transport.v2.grpc_auth import TokenInterceptor
 from modelserve.server.transport.v2.grpc_service import start_grpc_server
@@ -49,10 +58,11 @@ class _Listener(uvicorn.Server):
 
 
 def _listener(app: Any, settings: Settings, port: int,
-              context: ssl.SSLContext | None = None) -> _Listener:
-    """``context``: serve TLS with it (modelserve.server.transport.tls), else plain HTTP."""
+              context: ssl.SSLContext | None = None, http: Any = "httptools") -> _Listener:
+    """``context``: serve TLS with it (modelserve.server.transport.tls), else plain HTTP;
+    ``http``: uvicorn's protocol (a class: transport.http.deadlines)."""
     config = uvicorn.Config(
-        app, host=settings.host, port=port, http="httptools", loop="none", lifespan="off",
+        app, host=settings.host, port=port, http=http, loop="none", lifespan="off",
         log_level=settings.log_level, access_log=False, server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_period)),
@@ -87,8 +97,13 @@ async def run_server(settings: Settings,
         return 2
     dataplane = DataPlane(settings, metrics)
     v2 = V2Core(dataplane)
+    workflows = Workflows(dataplane)  # TorchServe's /workflows and /wfpredict
     inference: Any = create_inference_app(dataplane, settings, v2)
-    management: Any = BodyLimit(TrailingSlash(create_management_app(dataplane)),
+    add_workflow_inference_routes(inference, workflows, settings)
+    inference = PredictionsFastPath(inference, inference.state.predictions)
+    management_app = create_management_app(dataplane)
+    add_workflow_management_routes(management_app, workflows)
+    management: Any = BodyLimit(TrailingSlash(management_app),
                                 settings.max_request_size)
     keys: KeyStore | None = None
     if not settings.disable_token_auth:
@@ -111,9 +126,14 @@ async def run_server(settings: Settings,
         (with_cors(create_metrics_app(metrics), settings, describes_root=False),
          settings.metrics_port, "metrics"),
     ]
+    table = open_table(settings.max_connections)  # slow clients: connections.py, deadlines.py
+    metrics.registry.register(ConnectionMetrics(table))
     listeners = [
         _listener(AccessLog(app, settings.access_log_format) if settings.access_log else app,
-                  settings, port, contexts[name])
+                  settings, port, contexts[name], guarded_protocol("httptools", Guard(
+                      name, table, settings.request_header_timeout,
+                      settings.request_body_timeout,
+                      settings.access_log_format if settings.access_log else None)))
         for app, port, name in apps
     ]
     stop = asyncio.Event()
@@ -157,6 +177,8 @@ async def run_server(settings: Settings,
         loading = asyncio.create_task(dataplane.load_startup_models())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            heap.settle()  # start-up's objects out of the collector's walks (server/heap.py)
         if loading.done() and on_ready is not None:
             on_ready(settings, loading.result())
         await stopped
@@ -180,6 +202,7 @@ async def run_server(settings: Settings,
         await asyncio.gather(*(s.stop(grace=max(0.0, deadline - loop.time())) for s in ts_grpc))
         await asyncio.gather(*tasks, return_exceptions=True)
         await dataplane.shutdown(grace=max(0.0, deadline - loop.time()))
+        workflows.close()
         log.info("stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -10,7 +10,7 @@ import logging
 import traceback
 from typing import Any
 
-from modelserve.worker import streaming
+from modelserve.worker import envelopes, streaming
 from modelserve.worker.codec import StreamFound, decode_request, encode_response, error_response
 from modelserve.worker.context import Context
 from modelserve.worker.loader import Entry
@@ -23,10 +23,12 @@ class BatchRunner:
     """Runs batches through one copy of the handler, with its own context and streamer (one
     per batch lane)."""
 
-    def __init__(self, entry: Entry, context: Context, streamer: streaming.Streamer) -> None:
-        self.entry = entry
+    def __init__(self, entry: Entry, context: Context, streamer: streaming.Streamer,
+                 envelope: str | None = None) -> None:
+        # TorchServe's service_envelope wraps the handler's entry (modelserve.worker.envelopes)
+        self.entry = envelopes.wrap(entry, envelope)
         self.context = context
-        self.v2 = V2Runner(entry, streamer)
+        self.v2 = V2Runner(entry, streamer, ts_entry=self.entry)
         self.streamer = streamer
 
     def run_batch(self, reqs: list[list[Any]]) -> list[list[Any]]:

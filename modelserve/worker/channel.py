@@ -14,6 +14,7 @@ import select
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from modelserve import ipc
@@ -25,6 +26,8 @@ class Channel:
         self.closed = False  # the frontend said stop, or closed the socket
         self._pending: deque[dict[str, Any]] = deque()  # infer frames no lane has taken
         self._cancels: dict[int, set[int]] = {}  # batch id -> cancelled positions
+        # told the torch threads the frontend now wants (its pool grew or shrank: lanes.Gate)
+        self.on_threads: Callable[[int], None] = lambda threads: None
         self._read = threading.Lock()
         self._write = threading.Lock()
 
@@ -76,6 +79,8 @@ class Channel:
         elif msg.get("op") == "infer":
             self._cancels[msg["id"]] = set()
             self._pending.append(msg)
+        elif msg.get("op") == "threads":
+            self.on_threads(max(1, int(msg.get("n") or 1)))
         elif msg.get("op") == "cancel":
             cancelled = self._cancels.get(msg.get("id"))
             if cancelled is not None:  # else: a batch that already ended

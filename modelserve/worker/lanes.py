@@ -99,6 +99,7 @@ class Gate:
         self.threads = threads
         self.adaptive = adaptive and lanes > 1
         self.open = 1 if self.adaptive else lanes
+        self.most = lanes  # the most lanes auto opens (no more than threads, set_threads)
         self.queued = 0.0  # moving averages
         self.busy = 0.0
         self.share = 0.0
@@ -121,6 +122,17 @@ class Gate:
         it is the only lane open (a lone lane on one thread would leave cores idle at low
         load), its share once others are open."""
         return self.threads if self.open == 1 else threads_each(self.threads, self.lanes, index)
+
+    def set_threads(self, threads: int) -> None:
+        """The frontend's pool grew or shrank: the lanes run their next batches on a share
+        of ``threads``, and in auto no more lanes are open than there are threads."""
+        with self._cond:
+            self.threads = threads
+            self.most = max(1, min(self.lanes, threads))
+            if self.adaptive and self.open > self.most:
+                self.open, self._since = 1, 0
+                self._channel.send({"op": "lanes", "n": 1})
+                self._cond.notify_all()
 
     def wake(self) -> None:
         """The channel closed: parked lanes end."""
@@ -148,7 +160,7 @@ class Gate:
             else:
                 pays = self.busy * self.open > BUSY_CLOSE and self.share > SHARE_CLOSE \
                     and self.model_s > MODEL_CLOSE
-            want = self.lanes if pays else 1
+            want = self.most if pays else 1
             if want == self.open:
                 return
             self.open, self._since = want, 0

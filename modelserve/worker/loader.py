@@ -58,10 +58,10 @@ class Handler:
 
     @property
     def thread_safe(self) -> bool:
-        """Whether batches may run through copies of it at once: its class says so (see
-        :func:`declares_thread_safe`) and the started instance did not take it back (a
+        """Whether batches may run through copies of it at once: its class may (see
+        :func:`runs_in_lanes`) and the started instance did not take it back (a
         ``torch.compile``d model does)."""
-        return self.instance is not None and declares_thread_safe(type(self.instance)) \
+        return self.instance is not None and runs_in_lanes(type(self.instance)) \
             and getattr(self.instance, "thread_safe", False) is True
 
     def copy(self) -> Entry:
@@ -79,6 +79,29 @@ def declares_thread_safe(cls: type) -> bool:
     return vars(cls).get("thread_safe") is True
 
 
+def keeps_parents_state(cls: type) -> bool:
+    """A subclass that defines neither ``initialize`` nor ``__init__`` of a class that
+    declares ``thread_safe = True`` (the TorchServe way: preprocess, inference, postprocess
+    over ``BaseHandler``): what lane copies share is what the parent's ``initialize`` built,
+    which the parent declared safe, and what the subclass sets per batch is each copy's own.
+    A subclass that builds state of its own (a tokenizer: "Already borrowed" across threads)
+    must still say ``thread_safe = True`` itself. (Issue 19: lanes served such a handler at
+    1.6x one lane on every thread, resnet-style batches at c=32, interleaved runs.)"""
+    for klass in cls.__mro__:  # the nearest class that says either decides
+        own = vars(klass)
+        if "thread_safe" in own:
+            return own["thread_safe"] is True
+        if "initialize" in own or "__init__" in own:
+            return False
+    return False
+
+
+def runs_in_lanes(cls: type) -> bool:
+    """Whether copies of ``cls`` may run batches at once: it says so, or it keeps a
+    thread-safe built-in parent's state (:func:`keeps_parents_state`)."""
+    return declares_thread_safe(cls) or keeps_parents_state(cls)
+
+
 @dataclass(frozen=True)
 class HandlerSource:
     """An imported handler, not yet started: a class, a module's ``handle``, or a function."""
@@ -89,7 +112,7 @@ class HandlerSource:
 
     @property
     def thread_safe(self) -> bool:
-        return self.cls is not None and declares_thread_safe(self.cls)
+        return self.cls is not None and runs_in_lanes(self.cls)
 
     def start(self, context: Context) -> Handler:
         """Initialise it once (TorchServe's rules: ``fn(None, ctx)`` for a function)."""

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from modelserve import ipc
-from modelserve.worker import lanes, ts_compat
+from modelserve.worker import envelopes, lanes, ts_compat
 from modelserve.worker.batch import BatchRunner
 from modelserve.worker.channel import Channel
 from modelserve.worker.context import Context
@@ -48,6 +48,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads, all lanes together")
     p.add_argument("--batch-threads", type=int, default=lanes.AUTO,
                    help="batches run at once (lanes); 0: auto")
+    p.add_argument("--envelope", default=None, choices=envelopes.NAMES,
+                   help="TorchServe's service_envelope around the handler")
     return p.parse_args(argv)
 
 
@@ -66,7 +68,7 @@ def _context(args: argparse.Namespace, gpu: int | None) -> Context:
 def _more_lanes(handler: Handler, count: int, args: argparse.Namespace, gpu: int | None,
                 channel: Channel) -> list[BatchRunner]:
     """Batch runners for lanes 1..count-1: each with a copy of the handler, its own context."""
-    return [BatchRunner(handler.copy(), _context(args, gpu), Streamer(channel))
+    return [BatchRunner(handler.copy(), _context(args, gpu), Streamer(channel), args.envelope)
             for _ in range(count - 1)]
 
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if count > 1 and args.batch_threads == lanes.AUTO and not handler.thread_safe:
             count = 1  # the started handler took it back (a torch.compile'd model)
             lanes.set_torch_threads(args.threads)
-        runner = BatchRunner(handler.entry, context, Streamer(channel))
+        runner = BatchRunner(handler.entry, context, Streamer(channel), args.envelope)
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())
         message = "".join(traceback.format_exception_only(exc)).strip()
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = [runner, *_more_lanes(handler, count, args, gpu, channel)]
     gate = lanes.Gate(channel, count, adaptive=args.batch_threads == lanes.AUTO,
                       threads=args.threads)
+    channel.on_threads = gate.set_threads  # the frontend's pool grew or shrank
     ready = {"op": "ready", "pid": os.getpid(), "device": device, "load_ms": load_ms,
              "signature": signature, "batch_threads": gate.open,
              "batch_limit": getattr(handler.instance, "batch_limit", None)}

@@ -40,9 +40,14 @@ def _prctl(option: int, arg: int | bytes) -> bool:
 
 def die_with_parent() -> None:
     """Linux: the kernel kills this process if its parent dies, even by SIGKILL, so a worker
-    busy in a long batch (not reading its socket) is never left an orphan."""
-    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) and os.getppid() == 1:
-        os._exit(1)  # the parent died before prctl took effect
+    busy in a long batch (not reading its socket) is never left an orphan.
+
+    A parent that died before prctl took effect shows as a changed parent pid. Not as pid 1:
+    in a container the server itself is pid 1 (a parent that died even earlier closed the
+    socket, which ends the zygote and the worker)."""
+    parent = os.getppid()
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) and os.getppid() != parent:
+        os._exit(1)
 
 
 def set_process_name(name: str) -> None:

@@ -105,8 +105,9 @@ def _encode(outputs: dict[str, Any], wanted: list[str] | None) -> list[Any]:
 class V2Runner:
     """Runs the v2 requests of one batch through the handler."""
 
-    def __init__(self, entry: Callable[..., Any], streamer: Streamer | None = None) -> None:
-        self.entry = entry
+    def __init__(self, entry: Callable[..., Any], streamer: Streamer | None = None,
+                 ts_entry: Callable[..., Any] | None = None) -> None:
+        self.entry = entry if ts_entry is None else ts_entry  # a TorchServe-style handler's
         self.streamer = streamer
         owner = getattr(entry, "__self__", None)
         self.native = getattr(owner, "handle_v2", None)

@@ -48,6 +48,10 @@ RUNNABLE: dict[str, list[str]] = {
     "v2_rest.sh": ['"platform":"onnxruntime_onnx"', '"shape":[-1,1,8,8]', "\n200\n",
                    '"shape":[1,10]', '"id":"zero"'],
     "kserve_v1.sh": ['{"predictions":[['],
+    "workflow.sh": ["Workflow digits_wf has been registered and scaled successfully.",
+                    '{"label":"zero","models_agree":true}',
+                    '"workflowDag":"{pre=[digits, onnx], digits=[agg], onnx=[agg]}"',
+                    '"modelName":"digits_wf__agg"', 'Workflow \\"digits_wf\\" unregistered'],
     "v2_client.py": ["'name': 'digits_onnx'", "(4, 10)"],
     "tritonclient_grpc.py": ["True", "'shape': ['-1', '1', '8', '8']", "(4, 10)"],
     "v2_grpc_stream.py": ["r1 0 streams\nr1 1 over\nr1 2 grpc\n"],
@@ -57,6 +61,8 @@ SUPPORT = {
     "streaming_handler.py": "streaming.sh",
     "custom_handler.py": "custom_handler.sh",
     "custom_handler.yaml": "custom_handler.sh",
+    "workflow_handler.py": "workflow.sh",
+    "workflow.yaml": "workflow.sh",
 }
 # An example that needs another one's model -> that example (run first when not yet run).
 NEEDS = {"v2_grpc_stream.py": "streaming.sh"}
@@ -177,6 +183,10 @@ def examples(example_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     launcher = cwd / ".venv" / "bin" / "modelserve"
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m modelserve "$@"\n')
     launcher.chmod(0o755)
+    archiver = cwd / ".venv" / "bin" / "torch-workflow-archiver"  # a dev install has it
+    archiver.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m '
+                        'workflow_archiver.workflow_packaging "$@"\n')
+    archiver.chmod(0o755)
     (cwd / ".modelserve").symlink_to(server.root / "work")
     (cwd / "model_store").symlink_to(store)
     (cwd / "docs").symlink_to(DOCS)

@@ -371,14 +371,20 @@ def test_scaling_to_zero_answers_the_queued_requests_at_once(make_server):
 
 
 def test_failed_asynchronous_registration_answers_503_at_once(make_server):
+    """A worker that fails to start after a 202 is started again with backoff (TorchServe's
+    WorkerThread: "Retry worker: 9000 in 1 seconds."), and requests meanwhile get 503 at
+    once instead of waiting for a worker that may never come."""
     srv = make_server()
     r = httpx.post(f"{srv.management}/models", timeout=60,
                    params={"url": "noload.mar", "synchronous": "false"})
     assert r.status_code == 202, r.text
-    wait_for(lambda: "scaling noload to 1 workers failed" in srv.log())
+    wait_for(lambda: "a noload worker failed to start" in srv.log())
     r = predict(srv, {"x": 1}, name="noload", timeout=30)
     assert r.status_code == 503, r.text
     assert "has no worker to serve" in r.json()["message"]
+    assert "failed to start" in r.json()["message"]
+    wait_for(lambda: srv.log().count("a noload worker failed to start") >= 2, timeout=60)
+    assert "Retry worker: noload in 1 seconds." in srv.log()
 
 
 def test_workers_stopped_while_they_start_leave_no_process(make_server):

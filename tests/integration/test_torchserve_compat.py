@@ -370,6 +370,26 @@ def test_start_with_torchserve_config_properties(ts_store, tmp_path):
         assert not srv.stop()
 
 
+def test_requirements_install_into_a_relative_workdir(ts_store, tmp_path):
+    """A relative workdir (`modelserve torchserve`'s default, .modelserve): pip, run in the
+    archive's folder, still installs into the workdir, where the workers look (it wrote into
+    the no-archive model's own folder: test_gRPC_inference_api.py's stateful example)."""
+    srv = Server(tmp_path, ts_store, [],
+                 extra_config={"install_py_dep_per_model": True, "workdir": "work"})
+    srv.start()
+    try:
+        r = register(srv, url=ARCHIVE_PATHS["no-archive"], model_name="reldeps",
+                     initial_workers=1)
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{srv.inference}/predictions/reldeps", json=DIGIT_ZERO)
+        assert r.status_code == 200, r.text
+        assert r.json()["dep"] == 42
+    finally:
+        assert not srv.stop()
+    assert list((tmp_path / "work" / "deps").glob("*/msdeptest/__init__.py"))
+    assert not (ts_store / ARCHIVE_PATHS["no-archive"] / "work").exists()
+
+
 def test_requirements_are_not_installed_unless_enabled(server, ts_store):
     """The session server runs with install_py_dep_per_model off (the default)."""
     import shutil

@@ -426,6 +426,13 @@ def test_describe_model(ts, stubs):
     ({}, grpc.StatusCode.INVALID_ARGUMENT, f"Parameter url is required.\n{BAD_REQUEST}"),
     ({"url": "missing.mar"}, grpc.StatusCode.NOT_FOUND, None),
     ({"url": "echo.mar", "model_name": "bad name!"}, grpc.StatusCode.INVALID_ARGUMENT, None),
+    # ModelArchive.downloadModel: a ".." in the URL, before allowed_urls are asked
+    # (test_gRPC_allowed_urls.py test_gRPC_allowed_urls_relative_path)
+    ({"url": "https://example.com/mar_files/../mar_files/echo.mar"}, grpc.StatusCode.NOT_FOUND,
+     "Relative path is not allowed in url: https://example.com/mar_files/../mar_files/echo.mar"
+     f"\n{NOT_FOUND}"),
+    ({"url": "file:///tmp/../echo.mar"}, grpc.StatusCode.NOT_FOUND,
+     f"Relative path is not allowed in url: file:///tmp/../echo.mar\n{NOT_FOUND}"),
 ])
 def test_register_model_errors(ts, stubs, fields, code, details):
     """ManagementImpl.registerModel's catches: BadRequest/ModelException INVALID_ARGUMENT,

@@ -123,8 +123,8 @@ def test_torchserve_personality_writes_the_five_files(ts_server):
                                 rf"{host},requestID:req-7{stamp}")
     # a handler metric metrics.yaml does not name is dropped (model_metrics_auto_detect off)
     assert "SizeOfThing" not in model_metrics.read_text()
-    # modelserve's difference: /metrics keeps Prometheus in log mode
-    assert "Requests2XX{" in httpx.get(f"{ts_server.metrics}/metrics").text
+    # as TorchServe: in log mode its metrics are log lines, not on /metrics
+    assert "Requests2XX" not in httpx.get(f"{ts_server.metrics}/metrics").text
 
 
 def test_locations_and_a_metrics_config(tsm_store, tmp_path, monkeypatch):
@@ -181,7 +181,46 @@ def test_prometheus_mode_writes_no_metric_lines(tsm_store, tmp_path, monkeypatch
         lines_of(tmp_path / "logs" / "access_log.log", rf'{TIME} - .*"POST .* 200 \d+')
         for name in METRIC_FILES:
             assert (tmp_path / "logs" / name).read_text() == ""
-        assert "Requests2XX{" in httpx.get(f"{srv.metrics}/metrics").text
+        # ...the metrics are on /metrics as TorchServe's Java client writes them
+        # (MetricBuilder: PrometheusCounter/PrometheusGauge; TextFormat.write004)
+        text = httpx.get(f"{srv.metrics}/metrics").text
+        for pattern in (r"# TYPE Requests2XX counter", r"# TYPE QueueTime gauge",
+                        r'Requests2XX\{Level="Host",Hostname=".+",\} \d+\.\d+',
+                        r'ts_inference_requests_total\{model_name="tsm",'
+                        r'model_version="default",hostname=".+",\} 1\.0',
+                        r'QueueTime\{Level="Host",Hostname=".+",\} \d+\.\d+',
+                        r'WorkerLoadTime\{WorkerName=".+",Level="Host",Hostname=".+",\} \d+',
+                        r'CPUUtilization\{Level="Host",Hostname=".+",\} \d+\.\d+',
+                        r'HandlerTime\{ModelName="tsm",Level="Model",Hostname=".+",\} 1\.5',
+                        r'PredictionTime\{ModelName="tsm",Level="Model",Hostname=".+",\}',
+                        r"# TYPE GPUUtilization gauge"):  # listed before any sample
+            assert len(re.findall(pattern, text)) == 1, pattern
+        assert "SizeOfThing" not in text  # not in the selection, no auto-detection
+        only = httpx.get(f"{srv.metrics}/metrics", params={"name[]": "QueueTime"}).text
+        assert "# TYPE QueueTime gauge" in only and "Requests2XX" not in only
+    finally:
+        assert not srv.stop()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "log"])
+def test_legacy_and_log_modes_keep_metrics_off_metrics_api(tsm_store, tmp_path, monkeypatch,
+                                                            mode):
+    """test_metrics.py test_metrics_legacy_mode: /metrics has only the ts_inference_*
+    counters in legacy mode, and none of TorchServe's metrics in log mode (they are log
+    lines); modelserve's own modelserve_* series stay."""
+    monkeypatch.delenv("METRICS_LOCATION", raising=False)
+    srv = start(tmp_path, tsm_store, {"metrics_mode": mode,
+                                      "model_metrics_auto_detect": "true"})
+    try:
+        assert httpx.post(f"{srv.inference}/predictions/tsm", json={}).status_code == 200
+        lines_of(tmp_path / "logs" / "model_metrics.log", r".* - SizeOfThing\.Count:3\.0\|.*")
+        text = httpx.get(f"{srv.metrics}/metrics").text
+        for name in ("Requests2XX", "QueueTime", "CPUUtilization", "HandlerTime",
+                     "SizeOfThing"):
+            assert name not in text
+        legacy = 'ts_inference_requests_total{model_name="tsm",model_version="default"'
+        assert (legacy in text) == (mode == "legacy")
+        assert "modelserve_request_latency_seconds_bucket" in text
     finally:
         assert not srv.stop()
 

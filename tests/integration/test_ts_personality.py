@@ -39,6 +39,32 @@ SLOW_HANDLER = textwrap.dedent('''
 ''')
 
 
+# test/pytest/test_handler_traceback_logging.py's handler: initialize fails, nested calls
+FAILING_HANDLER = textwrap.dedent('''
+    class Failing:
+        def initialize(self, context):
+            self.call1()
+
+        def call1(self):
+            assert False
+
+        def handle(self, data, context):
+            return data
+''')
+
+# test/pytest/test_startup_timeout.py's handler: loads for longer than startupTimeout
+SLOW_LOAD_HANDLER = textwrap.dedent('''
+    import time
+
+    class SlowLoad:
+        def initialize(self, context):
+            time.sleep(10)
+
+        def handle(self, data, context):
+            return data
+''')
+
+
 def archive(src: Path, store: Path, name: str, handler: str, config: str = "") -> None:
     folder = src / name
     folder.mkdir()
@@ -58,6 +84,8 @@ def ts_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("ts-pers-store")
     archive(src, store, "paths", URL_PATH_HANDLER, "batchSize: 2\nmaxBatchDelay: 200\n")
     archive(src, store, "slow", SLOW_HANDLER, "sleep: 5\n")
+    archive(src, store, "failing", FAILING_HANDLER)
+    archive(src, store, "slowload", SLOW_LOAD_HANDLER, "startupTimeout: 2\n")
     return store
 
 
@@ -147,3 +175,56 @@ def test_bad_keys_are_400_and_keys_expire(ts_store: Path, tmp_path: Path):
         assert httpx.post(url, json={}, headers=good).status_code == 400
     finally:
         assert not srv.stop()
+
+
+def test_ts_variables_beat_command_line_flags(ts_store: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch):
+    """ConfigManager reads TS_* variables (enable_envvars_config=true) after its flags:
+    TS_DISABLE_TOKEN_AUTHORIZATION=false beats --disable-token-auth
+    (test_token_authorization.py::test_priority_env_cmd)."""
+    monkeypatch.setenv("TS_DISABLE_TOKEN_AUTHORIZATION", "false")
+    props = tmp_path / "config.properties"
+    props.write_text("enable_envvars_config=true\n")
+    srv = Server(tmp_path, ts_store, ["paths.mar"], extra_args=["--ts-config", str(props)])
+    assert "--disable-token-auth" in srv.start().proc.args  # the flag was given...
+    try:
+        r = httpx.get(f"{srv.management}/models")
+        assert (r.status_code, r.json()["type"]) == (400, "InvalidKeyException")  # ...and lost
+        assert (tmp_path / "key_file.json").is_file()
+    finally:
+        assert not srv.stop()
+
+
+def test_failed_worker_starts_are_retried_and_logged_as_torchserve(ts_store: Path,
+                                                                   tmp_path: Path):
+    """test_handler_traceback_logging.py: after an asynchronous registration, a handler whose
+    initialize raises is started again and again (WorkerThread: "Retry worker ... in N
+    seconds"), its traceback in the log each time, and the frontend's own line does not name
+    the exception (BatchAggregator: "Load model failed: NAME, error: Worker died.");
+    test_startup_timeout.py: a start past startupTimeout is "Backend worker error" followed
+    by TorchServe's WorkerInitializationException line."""
+    props = tmp_path / "config.properties"
+    props.write_text("enable_model_api=true\n")
+    ts_server = Server(tmp_path, ts_store, [], extra_args=["--ts-config", str(props)]).start()
+    manage = f"{ts_server.management}/models"
+    for name in ("failing", "slowload"):
+        r = httpx.post(manage, params={"url": f"{name}.mar", "initial_workers": 1,
+                                       "synchronous": "false"})
+        assert r.status_code == 202, r.text
+    try:
+        wait_for(lambda: ts_server.log().count(
+            "Load model failed: failing, error: Worker died.") >= 3, timeout=60)
+        log = ts_server.log()
+        assert log.count("in call1") >= 3 and log.count("AssertionError") >= 3
+        assert "Retry worker: failing in 1 seconds." in log
+        # each AssertionError line ends one whole traceback (TorchServe's test splits on it)
+        frontend = [line for line in log.splitlines() if " modelserve." in line
+                    and " modelserve.workers.output:" not in line]
+        assert not any("AssertionError" in line for line in frontend)
+        wait_logged(ts_server, "Backend worker error", timeout=60)
+        lines = ts_server.log().splitlines()
+        at = next(i for i, line in enumerate(lines) if line.endswith("Backend worker error"))
+        assert lines[at + 1] == ("org.pytorch.serve.wlm.WorkerInitializationException: "
+                                 "Backend worker did not respond in given time")
+    finally:
+        assert not ts_server.stop()

@@ -49,6 +49,7 @@ class FakePool:
     def __init__(self) -> None:
         self.workers: list[FakeWorker] = []
         self.target = 0
+        self.never_started = False  # WorkerPool: a first start failed, restarts pending
         self.batcher: Batcher
 
     def pick(self) -> FakeWorker | None:

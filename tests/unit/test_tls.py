@@ -147,3 +147,35 @@ def test_encrypted_key_is_refused_with_a_hint(tmp_path, pki):
 def test_jks_is_refused_by_the_settings():
     with pytest.raises(ValueError, match="PKCS12"):
         Settings(tls_keystore_type="JKS")
+
+
+def test_small_key_needs_security_level_one(tmp_path):
+    """TorchServe's own test certificate (test/resources/certs.pem) has a 1024-bit RSA key:
+    Java serves it, OpenSSL's default level refuses it. tls_security_level 1 (the TorchServe
+    personality's default) serves it; the default names the setting in its error."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    files = {"tls_cert_file": tmp_path / "c.pem", "tls_key_file": tmp_path / "k.pem"}
+    with pytest.raises(ValueError, match="EE_KEY_TOO_SMALL.*tls_security_level: 1"):
+        tls.ssl_context(settings(tmp_path, **files), "inference")
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.set_ciphers("DEFAULT:@SECLEVEL=1")
+    context = tls.ssl_context(settings(tmp_path, tls_security_level=1, **files), "inference")
+    assert handshake(context, client).subject.rfc4514_string() == "CN=localhost"

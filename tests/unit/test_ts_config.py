@@ -314,6 +314,7 @@ def test_shared_port_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("line, expected", [
     ("model_store=/srv/model-store", {"model_store": "/srv/model-store"}),
+    ("workflow_store=/srv/wf-store", {"workflow_store": "/srv/wf-store"}),
     ("job_queue_size=250", {"job_queue_size": 250}),
     ("max_request_size=104857600", {"max_request_size": 104857600}),
     ("max_response_size=2000000", {"max_response_size": 2000000}),
@@ -416,7 +417,6 @@ def test_every_ignored_key_warns_once_naming_it(tmp_path, key):
     ("number_of_gpu=1", "not supported"),
     ("grpc_inference_max_connection_age_ms=60000", "not supported"),
     ("grpc_some_future_key=1", "not supported"),
-    ("workflow_store=wf", "not supported"),
     ("blacklist_env_vars=", "ignored"),
     ("blacklist_env_vars=AWS_.*", "not supported"),
 ])

@@ -61,7 +61,7 @@ def test_default_selection_is_torchserves_metrics_yaml():
     assert selection.ts["WorkerLoadTime"] == Spec("Milliseconds",
                                                   ("WorkerName", "Level", "Hostname"))
     assert selection.ts["ts_queue_latency_microseconds"] == Spec(
-        "Microseconds", ("model_name", "model_version", "hostname"))
+        "Microseconds", ("model_name", "model_version", "hostname"), "counter")
     assert selection.model == {name: Spec("ms", ("ModelName", "Level", "Hostname"))
                                for name in ("HandlerTime", "PredictionTime")}
 
@@ -76,7 +76,7 @@ def test_metrics_config_file_selects(tmp_path):
                     "model_metrics:\n  gauge:\n    - name: SizeOfImage\n      unit: kB\n"
                     "      dimensions: [ModelName, *level]\n  histogram:\n")
     selection = load_selection(path)
-    assert selection.ts == {"Requests2XX": Spec("Count", ("Level", "Hostname"))}
+    assert selection.ts == {"Requests2XX": Spec("Count", ("Level", "Hostname"), "counter")}
     assert selection.model == {"SizeOfImage": Spec("kB", ("ModelName", "Level", "Hostname"))}
     path.write_text("ts_metrics:\n  counter:\n    - name: Requests2XX\n")
     with pytest.raises(ValueError, match="needs a name and a unit"):
@@ -125,7 +125,7 @@ def test_metrics_log_writes_what_is_selected(caplog):
     assert all(TS_METRIC.fullmatch(line) for line in lines[metrics_log.TS_METRICS])
 
     caplog.clear()
-    legacy = MetricsLog(load_selection(None), legacy=True, auto_detect=True, hostname="h")
+    legacy = MetricsLog(load_selection(None), "legacy", auto_detect=True, hostname="h")
     legacy.request("digits", "default", 0.01, 0.0)
     legacy.batch("digits", ["r1"], 1.0, 1.0, events)
     lines = _capture(caplog)
@@ -258,3 +258,47 @@ def test_metrics_keys_from_ts_environment_variables(tmp_path, monkeypatch):
     settings = read_ts_config(path).settings
     assert settings == {"metrics_mode": "prometheus", "metrics_config": "m.yaml",
                         "model_metrics_auto_detect": True, "disable_system_metrics": True}
+
+
+def test_torchserve_exposition_follows_the_metrics_mode(caplog):
+    """MetricBuilder.build and TextFormat.write004 (test_metrics.py's prometheus and legacy
+    cases): in prometheus mode every selected metric is listed from the start and updated
+    there, not logged; labels end with a comma; counters add, gauges keep the last value;
+    an auto-detected handler metric appears at first sight; legacy mode lists only the
+    ts_inference_* counters and logs the rest."""
+    from modelserve.server.observability.ts_exposition import TsExposition
+
+    caplog.set_level(logging.INFO)
+    exposition = TsExposition()
+    log = MetricsLog(load_selection(None), "prometheus", auto_detect=True, hostname="h",
+                     exposition=exposition)
+    assert "# TYPE GPUUtilization gauge" in exposition.render().decode()  # no sample yet
+    for status in (200, 200, 404):
+        log.status(status)
+    log.request("m", "default", 0.5, 0.25)
+    log.request("m", "default", 0.5, 0.125)
+    log.batch("m", ["r1"], 2.0, 3.0, [["counter", "Calls", "count", {"ModelName": "m"}, 1],
+                                      ["histogram", "Size", "kB", {"ModelName": "m"}, 0.02]])
+    text = exposition.render().decode()
+    assert "# HELP Requests2XX Torchserve prometheus counter metric with unit: Count\n" \
+           "# TYPE Requests2XX counter\nRequests2XX{Level=\"Host\",Hostname=\"h\",} 2.0\n" in text
+    assert 'ts_inference_requests_total{model_name="m",model_version="default",hostname="h",}' \
+           ' 2.0' in text
+    assert 'QueueTime{Level="Host",Hostname="h",} 125.0' in text  # the last value
+    assert 'PredictionTime{ModelName="m",Level="Model",Hostname="h",} 2.0' in text
+    assert 'Calls{ModelName="m",Hostname="h",} 1.0' in text
+    assert 'Size_bucket{ModelName="m",Hostname="h",le="0.025",} 1.0' in text
+    assert 'Size_bucket{ModelName="m",Hostname="h",le="0.01",} 0.0' in text
+    assert exposition.render(["QueueTime"]).decode().count("# TYPE") == 1
+    assert not [r for r in caplog.records if r.name in (metrics_log.TS_METRICS,
+                                                          metrics_log.MODEL_METRICS)]
+
+    legacy_exposition = TsExposition()
+    legacy = MetricsLog(load_selection(None), "legacy", hostname="h",
+                        exposition=legacy_exposition)
+    legacy.status(200)
+    legacy.request("m", "default", 0.5, 0.25)
+    text = legacy_exposition.render().decode()
+    assert "ts_inference_latency_microseconds{" in text and "Requests2XX" not in text
+    assert any(r.getMessage().startswith("Requests2XX.Count:1.0|#Level:Host")
+               for r in caplog.records if r.name == metrics_log.TS_METRICS)

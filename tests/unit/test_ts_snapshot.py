@@ -56,7 +56,8 @@ def fake_registry() -> SimpleNamespace:
     models = {"echo": [version("1.0", "echo_v1.mar", minWorkers=1, maxWorkers=2),
                        version("2.0", "echo_v2.mar", minWorkers=0, batchSize=4,
                                maxBatchDelay=7.5)]}
-    return SimpleNamespace(names=lambda: list(models), versions=lambda n: models[n],
+    return SimpleNamespace(names=lambda: list(models), snapshot_names=lambda: list(models),
+                           versions=lambda n: models[n],
                            default_version=lambda n: "2.0")
 
 

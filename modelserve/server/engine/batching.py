@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from modelserve.errors import QueueFullError, ServiceUnavailableError
 from modelserve.server.engine.jobs import ClientGoneError, Job
@@ -36,6 +37,9 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed: ServiceUnavailableError | None = None
+        # Set by the autoscaler (engine/autoscale.py): asked when a request finds no worker,
+        # True if one is coming; the request then waits for it instead of a 503.
+        self.on_demand: Callable[[], bool] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher:{self.name}")
@@ -53,10 +57,16 @@ class Batcher:
     def _no_worker(self) -> ServiceUnavailableError | None:
         """The error for a model scaled to zero workers (none will come without a scale call)."""
         if self.pool.target == 0 and not self.pool.workers:
+            if self.on_demand is not None and self.on_demand():
+                return None  # scaled to zero: a worker is being started for it
             return ServiceUnavailableError(
                 f'Model "{self.name}" has no worker to serve inference request. '
                 "Please use scale workers API to add workers."
             )
+        if self.pool.never_started:  # its first start failed; restarts go on meanwhile
+            return ServiceUnavailableError(
+                f'Model "{self.name}" has no worker to serve inference request: its workers '
+                f"failed to start ({self.pool.last_death}); retrying.")
         return None
 
     def submit(self, job: Job) -> None:

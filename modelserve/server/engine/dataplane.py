@@ -14,14 +14,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from modelserve import jsonc
+from modelserve.archive import Archive
 from modelserve.config import Settings
 from modelserve.errors import (
     BadRequestError,
     ConflictError,
     MethodNotAllowedError,
+    ModelNotFoundError,
     ModelServeError,
     ServiceUnavailableError,
 )
+from modelserve.server.engine.autoscale import Autoscaler
 from modelserve.server.engine.jobs import CLIENT_GONE, Job, Result
 from modelserve.server.engine.loading import (
     ModelParts,
@@ -34,6 +37,7 @@ from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelRegistry, ModelVersion
 from modelserve.server.engine.snapshot import Snapshot
 from modelserve.server.engine.startup import save_snapshots, startup_requests
+from modelserve.server.engine.startup_loader import StartupModels
 from modelserve.server.engine.streams import Stream
 from modelserve.server.engine.ts_snapshot import TsSnapshots
 from modelserve.server.engine.zygote import Zygote
@@ -70,6 +74,10 @@ class DataPlane:
         self.ts_snapshots = TsSnapshots.open(settings)  # TorchServe's logs/config/*.cfg
         self.zygote = (Zygote(settings.startup_timeout) if settings.worker_start == "zygote"
                        else None)
+        self.startup = StartupModels(settings, self.registry, self._add, self._discard,
+                                     self.save_state)  # the models named at start
+        self.autoscaler = Autoscaler(settings.autoscale, self.registry.all,
+                                     lambda name: self._locks[name].locked())
 
     # -- inference (hot path) ----------------------------------------------------------------
     async def infer(self, name: str, version: str | None, body: bytes, content_type: str,
@@ -128,7 +136,9 @@ class DataPlane:
 
     def is_healthy(self) -> bool:
         """TorchServe's /ping: every default version has its minimum of ready workers, and
-        none is crash-looping."""
+        none is crash-looping; and every model named at start is loaded (startup_loader)."""
+        if self.startup.blocking():
+            return False
         for name in self.registry.names():
             if self.registry.get(name).pool.health != "Healthy":
                 return False
@@ -148,21 +158,30 @@ class DataPlane:
         except ModelServeError:
             return False
         pool = mv.pool
-        return pool.ready_count > 0 and pool.health == "Healthy"
+        # scaled to zero, a worker comes with the first request (autoscale): ready too
+        waking = mv.config.min_workers == 0 and self.autoscaler.enabled(mv)
+        return (pool.ready_count > 0 or waking) and pool.health == "Healthy"
 
     # -- management --------------------------------------------------------------------------
-    def _threads(self) -> int:
-        """workers x threads ~= cores, counting every worker the registry wants now."""
+    def _threads(self, workers: int) -> int:
+        """A new worker's torch threads when its version wants ``workers``: the cores shared
+        among that version's workers, as TorchServe gives each worker every core. Other models'
+        workers are not counted: a model served alone gets the machine (issue 19: one worker
+        of each of two models had one thread of two cores), and models busy at once share the
+        cores through the OS (idle OpenMP threads sleep, worker/process.py)."""
         if self.settings.threads_per_worker:
             return self.settings.threads_per_worker
-        workers = sum(mv.pool.target for mv in self.registry.all())
         return max(1, cpu_count() // max(1, workers))
 
-    async def register(self, req: RegisterRequest,
-                       loaded_at_startup: bool = False) -> tuple[int, str]:
-        """Register an archive; returns (HTTP status, message) as TorchServe words them."""
-        self._check_model_api()
-        mv = await self._add(req, loaded_at_startup)
+    async def register(self, req: RegisterRequest, loaded_at_startup: bool = False,
+                       workflow: str | None = None, opened: Archive | None = None,
+                       ) -> tuple[int, str]:
+        """Register an archive; returns (HTTP status, message) as TorchServe words them.
+        ``workflow``: a workflow registers it (enable_model_api does not apply, snapshots
+        leave it out); ``opened``: its archive, already open (see ``open_model``)."""
+        if workflow is None:
+            self._check_model_api()
+        mv = await self._add(req, loaded_at_startup, workflow, opened)
         try:
             return await self._start_workers(mv, req.synchronous)
         finally:
@@ -177,10 +196,12 @@ class DataPlane:
             raise MethodNotAllowedError(
                 "Requested method is not allowed, please refer to API document.")
 
-    async def _add(self, req: RegisterRequest, loaded_at_startup: bool) -> ModelVersion:
+    async def _add(self, req: RegisterRequest, loaded_at_startup: bool,
+                   workflow: str | None = None, opened: Archive | None = None) -> ModelVersion:
         """Open the archive and enter the version in the registry, without workers yet."""
         archive, name, version, config = await open_model(
-            self.settings, req, None if loaded_at_startup else self.settings.registration_workers)
+            self.settings, req, None if loaded_at_startup else self.settings.registration_workers,
+            opened)
         self._check_worker_count(config.min_workers, "minWorkers / initial_workers")
         deps = await requirement_paths(self.settings, archive)
 
@@ -189,7 +210,9 @@ class DataPlane:
             mv = build_version(ModelParts(name, version, req, archive, config, deps),
                                self.metrics, self._threads, self.zygote,
                                self.settings, loaded_at_startup)
+            mv.workflow = workflow
             self.registry.add(mv)
+            self.autoscaler.attach(mv)
             mv.batcher.start()
         return mv
 
@@ -240,11 +263,14 @@ class DataPlane:
                 await mv.pool.scale(min_worker)
             except ModelServeError as exc:
                 raise _start_failed(exc, f"model {name}") from None
+            mv.pool.retune()  # threads follow the pool's size
         suffix = f", version: {version}" if version else ""
         return 200, f"Workers scaled to {min_worker} for model: {name}{suffix}"
 
-    async def unregister(self, name: str, version: str | None) -> str:
-        self._check_model_api()
+    async def unregister(self, name: str, version: str | None, workflow: bool = False) -> str:
+        """``workflow``: a workflow unregisters its model (enable_model_api does not apply)."""
+        if not workflow:
+            self._check_model_api()
         async with self._locks[name]:
             mv = self.registry.remove(name, version)
         self.save_state()
@@ -268,8 +294,11 @@ class DataPlane:
 
     async def describe(self, name: str, version: str | None,
                        customized: bool = False) -> list[dict[str, Any]]:
-        versions = (self.registry.versions(name) if version == "all"
-                    else [self.registry.get(name, version)])
+        try:
+            versions = (self.registry.versions(name) if version == "all"
+                        else [self.registry.get(name, version)])
+        except ModelNotFoundError as exc:
+            raise self.startup.explain(exc, name) from None
         out = [mv.describe() for mv in versions]
         if customized:
             for mv, body in zip(versions, out):
@@ -309,68 +338,41 @@ class DataPlane:
         task.add_done_callback(self._background.discard)
 
     async def _scale_or_log(self, mv: ModelVersion, count: int) -> None:
+        """An asynchronous registration or scale call's starts. A start that failed is retried
+        with the restart backoff, as TorchServe's WorkerThread retries (requests get 503 at
+        once meanwhile: Batcher._no_worker); one whose handler is not in the archive (400)
+        never will load, so the version is left with no worker."""
         try:
             await mv.pool.scale(count)
+            mv.pool.retune()  # threads follow the pool's size
         except Exception as exc:
-            log.error("scaling %s to %d workers failed: %s", mv.name, count, exc)
-            if not mv.pool.workers:  # none will come: queued and new requests get 503 at once
-                mv.pool.target = 0
-                mv.batcher.wake()
+            log.error("%s", mv.pool.start_failed_line(exc))
+            if isinstance(exc, ModelServeError) and exc.status == 400:
+                if not mv.pool.workers:  # none will come: requests get 503 at once
+                    mv.pool.target = 0
+            else:
+                mv.pool.restore_later(str(exc))
+            mv.batcher.wake()
 
     # -- state snapshot ----------------------------------------------------------------------
     def save_state(self, event: str = "snapshot") -> None:
         """Write the registry to the snapshots that are on, for TorchServe's ``event``
         (startup, snapshot after a change, shutdown); none but shutdown's while draining."""
         if not self.draining or event == "shutdown":
-            save_snapshots(self.registry, self.snapshot, self.ts_snapshots, event)
+            save_snapshots(self.registry, self.snapshot, self.ts_snapshots, event,
+                           self.startup.unsaved())
 
     async def load_startup_models(self) -> list[str]:
         """Register the snapshot's or the configured models; returns error messages (the
-        others still load)."""
-        errors: list[str] = []
-        added: list[ModelVersion] = []
-        defaults: dict[str, str] = {}
-        for req, entry in startup_requests(self.settings, self.snapshot):
-            url = req.url
-            try:
-                mv = await self._add(req, loaded_at_startup=entry.get("loaded_at_startup", False))
-            except ConflictError as exc:
-                errors.append(f"{url}: {exc.message}")
-                continue
-            except ModelServeError as exc:
-                errors.append(f"{url}: {exc.message}")
-                continue
-            except ValueError as exc:  # e.g. an invalid model name in load_models
-                errors.append(f"{url}: {exc}")
-                continue
-            mv.pool.target = mv.config.min_workers  # so thread counts see every worker
-            if "max_workers" in entry:
-                mv.config.max_workers = max(entry["max_workers"], mv.config.min_workers)
-            if entry.get("version") not in (None, mv.version):
-                log.warning("snapshot: %s is now version %s of %s (the snapshot had %s)",
-                            url, mv.version, mv.name, entry["version"])
-            if entry.get("default"):
-                defaults[mv.name] = mv.version
-            added.append(mv)
-        for name, version in defaults.items():
-            self.registry.set_default(name, version)
-
-        async def start(mv: ModelVersion) -> None:
-            try:
-                await self._start_workers(mv, synchronous=True)
-            except ModelServeError as exc:
-                errors.append(f"{mv.url}: {exc.message}")
-
-        await asyncio.gather(*(start(mv) for mv in added))
-        for error in errors:
-            log.error("could not load %s", error)
-        self.save_state("startup")
-        return errors
+        others still load; transient failures are retried: engine/startup_loader.py)."""
+        return await self.startup.load(startup_requests(self.settings, self.snapshot))
 
     async def shutdown(self, grace: float = 30.0) -> None:
         """Stop every model; workers get ``grace`` seconds to finish in-flight batches."""
         self.draining = True
         self.save_state("shutdown")  # ModelServer.stop: before the models go
+        self.startup.close()
+        await self.autoscaler.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(self._discard(mv, grace) for mv in self.registry.all()))

@@ -40,11 +40,12 @@ class ModelParts(NamedTuple):
 
 
 async def open_model(settings: Settings, req: RegisterRequest,
-                     default_workers: int | None = None,
+                     default_workers: int | None = None, opened: Archive | None = None,
                      ) -> tuple[Archive, str, str, ModelConfig]:
     """Check the request, fetch and open its archive: (archive, name, version, config);
     ``default_workers``: the workers to start when neither the request nor the archive's
-    model-config.yaml names them (None: default_workers_per_model)."""
+    model-config.yaml names them (None: default_workers_per_model); ``opened``: the archive,
+    already open (a workflow's function node: its .war folder), instead of ``req.url``."""
     if req.handler is not None:
         try:
             check_member(req.handler.split(":")[0])
@@ -55,13 +56,7 @@ async def open_model(settings: Settings, req: RegisterRequest,
         raise BadRequestError(f"Invalid RuntimeType value: {req.runtime} "
                               "(modelserve runs python handlers)")
     s = settings
-    path = await asyncio.to_thread(resolve_archive, req.url, s.model_store, s.workdir,
-                                   s.allowed_urls)
-    try:
-        archive = await asyncio.to_thread(
-            open_archive, path, s.workdir, Limits(s.max_archive_size, s.max_archive_ratio))
-    except ArchiveError as exc:
-        raise BadRequestError(f"invalid model archive {req.url}: {exc}") from None
+    archive = opened or await _fetch(s, req.url)
     name = req.model_name or archive.name
     version = archive.version
     try:  # an archive must not name itself "a/b" (then never found again) or "../x"
@@ -76,6 +71,9 @@ async def open_model(settings: Settings, req: RegisterRequest,
                 "max_batch_delay": req.max_batch_delay,
                 "response_timeout": req.response_timeout,
                 "startup_timeout": req.startup_timeout,
+                # initial_workers=0: no worker until a scale call (TorchServe's), not one
+                # started for the first request (autoscale's minWorkers 0)
+                "max_workers": 0 if req.initial_workers == 0 else None,
             },
             configured=s.models.get(name, {}).get(version, {}),
             default_workers=default_workers,
@@ -83,6 +81,16 @@ async def open_model(settings: Settings, req: RegisterRequest,
     except ValueError as exc:
         raise BadRequestError(f"invalid model configuration: {exc}") from None
     return archive, name, version, config
+
+
+async def _fetch(s: Settings, url: str) -> Archive:
+    path = await asyncio.to_thread(resolve_archive, url, s.model_store, s.workdir,
+                                   s.allowed_urls)
+    try:
+        return await asyncio.to_thread(
+            open_archive, path, s.workdir, Limits(s.max_archive_size, s.max_archive_ratio))
+    except ArchiveError as exc:
+        raise BadRequestError(f"invalid model archive {url}: {exc}") from None
 
 
 async def requirement_paths(settings: Settings, archive: Archive) -> tuple[str, ...]:
@@ -102,7 +110,7 @@ async def requirement_paths(settings: Settings, archive: Archive) -> tuple[str, 
     return (str(target),)
 
 
-def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Callable[[], int],
+def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Callable[[int], int],
                   zygote: Zygote | None, settings: Settings,
                   loaded_at_startup: bool) -> ModelVersion:
     """The version's worker pool and batcher, wired to each other and to its metrics; no
@@ -125,6 +133,8 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
         metrics_config=str(settings.metrics_config.resolve()) if settings.metrics_config
         else None,
         batch_threads=0 if config.batch_threads == "auto" else config.batch_threads,
+        envelope=settings.service_envelope,
+        lifecycle_log=settings.lifecycle_log,
     )
     metrics = server_metrics.for_version(name, version)
 

@@ -30,11 +30,13 @@ def cpu_count() -> int:
 
 
 class WorkerPool:
-    def __init__(self, spec: WorkerSpec, threads: Callable[[], int], on_change: Callable[[], None],
+    def __init__(self, spec: WorkerSpec, threads: Callable[[int], int],
+                 on_change: Callable[[], None],
                  on_batch_done: Callable[[list[Job], float, list[Any]], None],
                  zygote: Zygote | None = None) -> None:
-        """``threads`` says, when a worker starts, how many threads it should use; workers
-        are forked by ``zygote`` when there is one."""
+        """``threads(workers)`` says, when a worker starts, how many threads it should use
+        while its version wants ``workers`` workers; workers are forked by ``zygote`` when
+        there is one."""
         self.spec = spec
         self.zygote = zygote
         self._threads = threads
@@ -51,6 +53,7 @@ class WorkerPool:
         self.crashes = 0
         self.last_crash = 0.0
         self.last_death = ""
+        self.ever_ready = False  # a worker of this pool has loaded the model at least once
         # TorchServe's recovery bookkeeping, logged in its words (operators grep for them):
         # batches timed out since the last recovery, and when the current recovery began
         self.failed_inferences = 0
@@ -62,6 +65,9 @@ class WorkerPool:
         self.requeue: Callable[[list[Job]], None] | None = None
         # Caps the batch size when a worker's model takes smaller batches (set by the owner)
         self.limit_batch: Callable[[int], None] = lambda limit: None
+        # The ready workers health asks for: the autoscaler sets its minWorkers (a worker it
+        # adds does not make the model Loading); None: the target.
+        self.min_ready: int | None = None
 
     # -- selection (hot path) ----------------------------------------------------------------
     def pick(self) -> WorkerProcess | None:
@@ -85,16 +91,30 @@ class WorkerPool:
                 and time.time() - self.last_crash < STABLE_AFTER_S)
 
     @property
+    def never_started(self) -> bool:
+        """No worker has ever loaded, none is starting, and a start has failed: requests get
+        503 at once while the restarts go on (they might fail for long)."""
+        return not self.ever_ready and not self.workers and self.crashes > 0
+
+    def start_failed_line(self, exc: BaseException) -> str:
+        """The log line of a failed worker start, in the words lifecycle_log asks for."""
+        if self.spec.lifecycle_log == "torchserve":  # BatchAggregator.sendError
+            return f"Load model failed: {self.spec.model_name}, error: Worker died."
+        return f"a {self.spec.model_name} worker failed to start: {exc}"
+
+    @property
     def health(self) -> str:
         """Healthy, Loading (fewer ready workers than the target) or Unhealthy (crash loop)."""
         if self.crash_looping:
             return "Unhealthy"
-        return "Loading" if self.ready_count < self.target else "Healthy"
+        wanted = self.target if self.min_ready is None else min(self.min_ready, self.target)
+        return "Loading" if self.ready_count < wanted else "Healthy"
 
     # -- scaling -----------------------------------------------------------------------------
-    async def scale(self, count: int) -> None:
-        """Start or stop workers until ``count`` are live; waits for new ones to load.
-        Nothing to do once the pool is closed (its version was unregistered)."""
+    async def scale(self, count: int, grace: float = 30.0) -> None:
+        """Start or stop workers until ``count`` are live; waits for new ones to load, and
+        for stopped ones to finish their batches (up to ``grace`` s each). Nothing to do once
+        the pool is closed (its version was unregistered)."""
         if self._closed:
             return
         self.target = count
@@ -103,7 +123,21 @@ class WorkerPool:
             await asyncio.gather(*(self._start_one() for _ in range(count - len(live))))
         elif len(live) > count:
             surplus = sorted(live, key=lambda w: (w.status == "READY", len(w.inflight)))
-            await asyncio.gather(*(self._stop_one(w) for w in surplus[: len(live) - count]))
+            await asyncio.gather(*(self._stop_one(w, grace)
+                                   for w in surplus[: len(live) - count]))
+
+    @property
+    def next_index(self) -> int:
+        """The index the next worker starts with (worker i is on cuda:(i mod devices))."""
+        return self._next_index
+
+    def retune(self) -> None:
+        """Tell each ready worker the threads a worker started now would get: the cores
+        shared among the pool's target (the autoscaler calls it after each change)."""
+        threads = self._threads(max(1, self.target))
+        for worker in self.workers:
+            if worker.status == "READY" and worker.threads != threads:
+                worker.set_threads(threads)
 
     async def close(self, grace: float = 30.0) -> None:
         """Stop every worker, each finishing its in-flight batches within ``grace`` s."""
@@ -116,8 +150,8 @@ class WorkerPool:
     async def _start_one(self) -> None:
         if self._closed:
             return
-        worker = WorkerProcess(self.spec, self._next_index, self._threads(), self._on_change,
-                               self._exited, self.zygote)
+        worker = WorkerProcess(self.spec, self._next_index, self._threads(self.target),
+                               self._on_change, self._exited, self.zygote)
         self._next_index += 1
         worker.on_batch_done = self._on_batch_done
         worker.on_orphans = self._orphans
@@ -136,6 +170,7 @@ class WorkerPool:
             await worker.kill()
             raise
         else:
+            self.ever_ready = True
             if self.on_ready is not None:
                 self.on_ready(worker.id, (time.perf_counter() - started) * 1000)
 
@@ -180,9 +215,12 @@ class WorkerPool:
         self.last_crash = now
         self.last_death = cause
         if self.crashes == CRASH_LOOP_LIMIT:
+            # the cause (the handler's exception) is in the worker's own lines; TorchServe's
+            # log, which scripts split on it, names it nowhere else
+            why = "" if self.spec.lifecycle_log == "torchserve" else f": {cause}"
             log.error("%s is crash-looping (%d worker deaths/failed starts in a row, each "
-                      "within %.0fs); marked unhealthy: %s", self.spec.model_name,
-                      self.crashes, STABLE_AFTER_S, cause)
+                      "within %.0fs); marked unhealthy%s", self.spec.model_name,
+                      self.crashes, STABLE_AFTER_S, why)
 
     def _exited(self, worker: WorkerProcess) -> None:
         if worker in self.workers:
@@ -202,6 +240,14 @@ class WorkerPool:
         if self._restart_task is None or self._restart_task.done():
             self._restart_task = asyncio.create_task(self._restore())
 
+    def restore_later(self, cause: str) -> None:
+        """A start that failed (a model's first, at server start) is retried as a dead
+        worker is: counted as a failed restart, then the pool is brought back to its target
+        with the restart backoff."""
+        self._crashed(cause)
+        if not self._closed and (self._restart_task is None or self._restart_task.done()):
+            self._restart_task = asyncio.create_task(self._restore())
+
     async def _restore(self) -> None:
         """Bring the pool back to its target, waiting longer after each failed start."""
         while not self._closed:
@@ -217,7 +263,7 @@ class WorkerPool:
             try:
                 await self._start_one()
             except Exception as exc:
-                log.error("restart of a %s worker failed: %s", self.spec.model_name, exc)
+                log.error("%s", self.start_failed_line(exc))
                 self._crashed(f"restart failed: {exc}")
                 continue
             if self.recovery_start_ms:

@@ -11,6 +11,7 @@ from modelserve.config import ModelConfig
 from modelserve.errors import ConflictError, ModelNotFoundError, ModelServeError
 from modelserve.server.engine.batching import Batcher
 from modelserve.server.engine.pool import WorkerPool
+from modelserve.server.engine.scaling_policy import ScaleState, autoscaled
 from modelserve.server.observability.metrics import VersionMetrics
 
 
@@ -26,17 +27,23 @@ class ModelVersion:
     metrics: VersionMetrics
     loaded_at_startup: bool = False
     registered_at: float = field(default_factory=time.time)
+    workflow: str | None = None  # the workflow that registered it (engine/workflows.py)
+    scaling: ScaleState | None = None  # its autoscaling (engine/autoscale.py)
 
     def describe(self) -> dict[str, Any]:
         """TorchServe's describe-model fields (those that apply here)."""
         cfg = self.config
+        scaling = self.scaling
+        auto = scaling is not None and autoscaled(scaling.knobs, cfg.min_workers,
+                                                  cfg.max_workers)
         out: dict[str, Any] = {
             "modelName": self.name,
             "modelVersion": self.version,
             "modelUrl": self.url,
             "runtime": self.archive.manifest.runtime,
-            "minWorkers": self.pool.target,
-            "maxWorkers": max(cfg.max_workers, self.pool.target),
+            # the bounds; a fixed pool's count (a failed scale leaves it at 0)
+            "minWorkers": cfg.min_workers if auto else self.pool.target,
+            "maxWorkers": cfg.max_workers if auto else max(cfg.max_workers, self.pool.target),
             "batchSize": self.batcher.batch_size,  # served (a model may take fewer)
             "maxBatchDelay": cfg.max_batch_delay,
             "responseTimeout": cfg.response_timeout,
@@ -67,6 +74,10 @@ class ModelVersion:
         }
         if self.pool.last_death:
             out["lastWorkerDeath"] = self.pool.last_death
+        if scaling is not None:  # modelserve's: the autoscaler's count and last decision
+            out["autoscale"] = {"enabled": auto, "currentWorkers": self.pool.target,
+                                "minWorkers": cfg.min_workers, "maxWorkers": cfg.max_workers,
+                                "lastDecision": scaling.last, "lastChange": scaling.changed}
         return out
 
 
@@ -82,6 +93,12 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._models)
+
+    def snapshot_names(self) -> list[str]:
+        """The names snapshots keep: not a workflow's models (TorchServe's SnapshotManager
+        leaves them out, and workflows are not restored)."""
+        return [name for name in self.names()
+                if not any(mv.workflow for mv in self._models[name].values())]
 
     def versions(self, name: str) -> list[ModelVersion]:
         if name not in self._models:

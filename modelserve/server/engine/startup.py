@@ -35,7 +35,7 @@ def snapshot_models(registry: ModelRegistry) -> list[dict[str, Any]]:
     """The registry as the snapshot keeps it: each version's archive, default flag,
     workers and batching."""
     models = []
-    for name in registry.names():
+    for name in registry.snapshot_names():
         default = registry.default_version(name)
         for mv in registry.versions(name):
             cfg = mv.config
@@ -90,12 +90,14 @@ def startup_requests(settings: Settings, snapshot: Snapshot | None,
 
 
 def save_snapshots(registry: ModelRegistry, snapshot: Snapshot | None,
-                   ts_snapshots: TsSnapshots | None, event: str) -> None:
+                   ts_snapshots: TsSnapshots | None, event: str,
+                   missing: list[dict[str, Any]] | None = None) -> None:
     """Write the registry to models.json (but at shutdown: it holds what was registered) and
-    to a TorchServe snapshot file for ``event`` (startup, snapshot or shutdown), those on."""
+    to a TorchServe snapshot file for ``event`` (startup, snapshot or shutdown), those on.
+    ``missing``: models.json entries of restored models not loaded yet, kept as they were."""
     if snapshot is not None and event != "shutdown":
         try:
-            snapshot.save(snapshot_models(registry))
+            snapshot.save(snapshot_models(registry) + (missing or []))
         except OSError as exc:
             log.error("could not save the model snapshot %s: %s", snapshot.path, exc)
     if ts_snapshots is not None:

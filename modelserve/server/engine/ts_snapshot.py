@@ -78,7 +78,7 @@ def _number(value: float) -> float | int:
 def model_states(registry: ModelRegistry) -> ModelStates:
     """Every version as TorchServe's Model.getModelState records it."""
     states: ModelStates = {}
-    for name in registry.names():
+    for name in registry.snapshot_names():
         default = registry.default_version(name)
         states[name] = {mv.version: {
             "defaultVersion": mv.version == default,

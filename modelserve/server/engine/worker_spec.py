@@ -27,6 +27,8 @@ class WorkerSpec:
     batch_threads: int = 0  # 0: the worker decides (modelserve.worker.lanes.plan)
     timeout_status: int = 504  # the status of a request whose batch timed out
     metrics_config: str | None = None  # TorchServe's metrics.yaml, for the handler's cache
+    envelope: str | None = None  # TorchServe's service_envelope (modelserve.worker.envelopes)
+    lifecycle_log: str = "modelserve"  # torchserve: start failures logged in TorchServe's words
 
     def env(self) -> dict[str, str]:
         """The thread variables are the worker's own to set (``--threads``), before torch."""
@@ -51,4 +53,5 @@ class WorkerSpec:
             "--threads", str(threads),
             "--batch-threads", str(self.batch_threads),
             *(["--metrics-config", self.metrics_config] if self.metrics_config else []),
+            *(["--envelope", self.envelope] if self.envelope else []),
         ]

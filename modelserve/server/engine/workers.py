@@ -132,6 +132,10 @@ class WorkerProcess:
             hello = await asyncio.wait_for(ipc.read_frame(reader), self.spec.startup_timeout)
         except TimeoutError:
             await self.kill()
+            if self.spec.lifecycle_log == "torchserve":  # WorkerThread.run's catch, as log4j
+                log.error("Backend worker error\norg.pytorch.serve.wlm."  # prints it
+                          "WorkerInitializationException: Backend worker did not respond in "
+                          "given time")
             raise WorkerLoadError(
                 f"worker for {self.spec.model_name} did not load within "
                 f"{self.spec.startup_timeout:.0f}s"
@@ -235,6 +239,12 @@ class WorkerProcess:
         self._timers[batch_id] = asyncio.get_running_loop().call_later(
             self.spec.response_timeout, self._timed_out, batch_id
         )
+
+    def set_threads(self, threads: int) -> None:
+        """Run the next batches on ``threads`` torch threads (its pool grew or shrank)."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(ipc.encode({"op": "threads", "n": threads}))
+            self.threads = threads
 
     def _timed_out(self, batch_id: int) -> None:
         jobs = self.inflight.pop(batch_id, None)
@@ -384,5 +394,6 @@ class WorkerProcess:
             "gpu": self.device.startswith("cuda"),
             "gpuUsage": "N/A",
             "batchThreads": self.batch_threads,  # modelserve's: batches it runs at once
+            "threads": self.threads,  # modelserve's: its torch threads
         }
 

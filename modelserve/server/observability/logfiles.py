@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelserve import ts_log4j
 from modelserve.config import Settings
 from modelserve.server.observability.metrics_log import MODEL_METRICS, TS_METRICS
 
@@ -144,9 +145,11 @@ def open_log_files(settings: Settings) -> LogFiles:
     if metrics is not None:
         _attach(files, metrics, "ts_metrics.log", logging.getLogger(TS_METRICS), True)
         _attach(files, metrics, "model_metrics.log", logging.getLogger(MODEL_METRICS), True)
+    # log4j2.xml's levels for these loggers, whatever log_level says for the rest: TorchServe's
+    # default (INFO), or those of the deployment's own log4j2 file
+    levels = ts_log4j.levels(settings.log4j_config) if settings.log4j_config else {}
     for name in (ACCESS, WORKER_OUTPUT, TS_METRICS, MODEL_METRICS):
         if any(logger.name == name for logger, _ in files.handlers):
-            # log4j2.xml's levels for these loggers, whatever log_level says for the rest
             files.levels[name] = logging.getLogger(name).level
-            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).setLevel(levels.get(name, logging.INFO))
     return files

@@ -159,6 +159,10 @@ class _ProcessCollector(Collector):
                 "modelserve_model_load_seconds",
                 "Time the most recently started worker took to load the model.", labels=labels),
         }
+        scale_events = CounterMetricFamily(
+            "modelserve_scale_events", "Worker counts the autoscaler changed, by direction "
+            "(up, down) and reason (wait, demand, low_use, idle, budget).",
+            labels=(*labels, "direction", "reason"))
         worker_labels = (*labels, "worker_id")
         memory = GaugeMetricFamily("modelserve_worker_memory_bytes",
                                    "Resident memory of each worker process.",
@@ -174,6 +178,9 @@ class _ProcessCollector(Collector):
             fams["queue"].add_metric(key, len(mv.batcher.pending))
             fams["inflight"].add_metric(key, len(mv.batcher.pending) + in_workers)
             fams["restarts"].add_metric(key, mv.pool.restarts)
+            scaling = getattr(mv, "scaling", None)
+            for (direction, reason), count in (scaling.events.items() if scaling else ()):
+                scale_events.add_metric([*key, direction, reason], count)
             if ready:
                 latest = max(ready, key=lambda w: w.start_time)
                 fams["load"].add_metric(key, latest.load_ms / 1000.0)
@@ -181,6 +188,7 @@ class _ProcessCollector(Collector):
                 memory.add_metric([*key, str(w.id)], rss_bytes(w.pid))
                 cpu.add_metric([*key, str(w.id)], cpu_seconds(w.pid))
         yield from fams.values()
+        yield scale_events
         yield memory
         yield cpu
         yield from self._gpus()
@@ -242,11 +250,15 @@ class ServerMetrics:
 
     def __init__(self, log: MetricsLog | None = None) -> None:
         self.log = log
+        # metrics_exposition torchserve: TorchServe's series come from the metrics log's
+        # exposition, so its counters and the handlers' metrics are not listed twice
+        self.exposition = log.exposition if log is not None else None
         self.registry = CollectorRegistry(auto_describe=True)
         self.ts = _TorchServeCounters()
-        self.registry.register(self.ts)
         self.custom = _CustomMetrics()
-        self.registry.register(self.custom)
+        if self.exposition is None:
+            self.registry.register(self.ts)
+            self.registry.register(self.custom)
         labels = ["model_name", "model_version"]
         self.request_latency = Histogram(
             "modelserve_request_latency_seconds",
@@ -290,5 +302,11 @@ class ServerMetrics:
             except KeyError:
                 pass
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, names: Iterable[str] = ()) -> bytes:
+        """The scrape; ``names``: only those metric families (TorchServe's ``name[]``)."""
+        wanted = list(names)
+        registry = self.registry.restricted_registry(wanted) if wanted else self.registry
+        own = generate_latest(registry)
+        if self.exposition is None:
+            return own
+        return self.exposition.render(wanted) + own

@@ -1,4 +1,5 @@
-"""TorchServe's metrics as log lines (``metrics_mode: log`` or ``legacy``).
+"""TorchServe's metrics as log lines (``metrics_mode: log`` or ``legacy``) or, with
+``metrics_exposition: torchserve``, as the series of TorchServe's /metrics.
 
 TorchServe 0.12 writes each update of a frontend metric to its ``TS_METRICS`` logger
 (ts_metrics.log) and each handler metric to ``MODEL_METRICS`` (model_metrics.log), one line per
@@ -11,8 +12,10 @@ A metrics_config YAML (TorchServe's metrics.yaml shape: ``ts_metrics`` and ``mod
 each ``counter``/``gauge``/``histogram`` lists of ``{name, unit, dimensions}``) selects what is
 written, with the unit and dimension names printed; a handler metric it does not name is
 dropped unless ``model_metrics_auto_detect``. ``legacy`` leaves TorchServe's three
-``ts_inference_*`` counters out of the log. The Prometheus registry (/metrics) is not affected:
-it always has every metric.
+``ts_inference_*`` counters out of the log. modelserve's own Prometheus registry (/metrics) is
+not affected: it always has every metric. With ``metrics_exposition: torchserve`` the same
+events feed TorchServe's /metrics instead (ts_exposition.py), as MetricBuilder.build chooses:
+every selected metric in prometheus mode, the three ``ts_inference_*`` counters in legacy mode.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,9 @@ import yaml
 from modelserve.config import Settings
 from modelserve.server.observability.gpu import gpu_stats
 from modelserve.server.observability.procfs import host_cpu_times, host_memory
+from modelserve.server.observability.ts_exposition import TsExposition, java_double
+
+__all__ = ["MetricsLog", "Selection", "Spec", "java_double", "load_selection", "metric_line"]
 
 TS_METRICS = "modelserve.ts_metrics"  # the loggers ts_metrics.log and model_metrics.log read
 MODEL_METRICS = "modelserve.model_metrics"
@@ -44,6 +49,7 @@ UNITS = {"ms": "Milliseconds", "s": "Seconds", "percent": "Percent", "count": "C
          "MB": "Megabytes", "GB": "Gigabytes", "kB": "Kilobytes", "B": "Bytes", "": "unit"}
 _HOST = ["Level", "Hostname"]
 _MODEL = ["ModelName", "Level"]
+_COUNTERS = {"Requests2XX", "Requests4XX", "Requests5XX", *LEGACY}  # the rest are gauges
 _TS_DEFAULTS = {  # TorchServe 0.12's ts/configs/metrics.yaml, the default selection
     "Requests2XX": ("Count", _HOST), "Requests4XX": ("Count", _HOST),
     "Requests5XX": ("Count", _HOST),
@@ -66,6 +72,7 @@ _MODEL_DEFAULTS = {"HandlerTime": ("ms", _MODEL), "PredictionTime": ("ms", _MODE
 class Spec:
     unit: str
     dimensions: tuple[str, ...]  # the last one names the host
+    kind: str = "gauge"  # counter, gauge or histogram: what /metrics makes of it
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ def _specs(section: Any, where: str, host_dimension: bool) -> dict[str, Spec]:
             if not isinstance(dims, list):
                 raise ValueError(f"{where}.{kind}: {entry['name']}: dimensions is not a list")
             names = [str(d) for d in dims] + (["Hostname"] if host_dimension else [])
-            specs[str(entry["name"])] = Spec(str(entry["unit"]), tuple(names))
+            specs[str(entry["name"])] = Spec(str(entry["unit"]), tuple(names), kind)
     return specs
 
 
@@ -102,7 +109,8 @@ def load_selection(path: Path | None) -> Selection:
     Raises ValueError for a file that is not in metrics.yaml's shape."""
     if path is None:
         return Selection(
-            {name: Spec(unit, tuple(dims)) for name, (unit, dims) in _TS_DEFAULTS.items()},
+            {name: Spec(unit, tuple(dims), "counter" if name in _COUNTERS else "gauge")
+             for name, (unit, dims) in _TS_DEFAULTS.items()},
             {name: Spec(unit, (*dims, "Hostname")) for name, (unit, dims)
              in _MODEL_DEFAULTS.items()})
     try:
@@ -114,20 +122,6 @@ def load_selection(path: Path | None) -> Selection:
     # model metrics get the Hostname dimension (MetricConfiguration.setModel_metrics)
     return Selection(_specs(doc.get("ts_metrics"), f"{path}: ts_metrics", False),
                      _specs(doc.get("model_metrics"), f"{path}: model_metrics", True))
-
-
-def java_double(value: float) -> str:
-    """``Double.toString``: how TorchServe's frontend prints a metric's value."""
-    v = float(value)
-    if v != v or v in (float("inf"), float("-inf")):
-        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(v)]
-    if v == 0 or 1e-3 <= abs(v) < 1e7:
-        return repr(v)
-    decimal = Decimal(repr(v))
-    sign, digits, _ = decimal.as_tuple()
-    exponent = decimal.adjusted()
-    fraction = "".join(map(str, digits[1:])).rstrip("0") or "0"
-    return f"{'-' if sign else ''}{digits[0]}.{fraction}E{exponent}"
 
 
 def metric_line(name: str, spec: Spec, values: Sequence[str], value: float,
@@ -143,10 +137,12 @@ def metric_line(name: str, spec: Spec, values: Sequence[str], value: float,
 
 
 class MetricsLog:
-    """Writes the selected metrics to the TS_METRICS and MODEL_METRICS loggers."""
+    """Writes the selected metrics to the TS_METRICS and MODEL_METRICS loggers, or to
+    TorchServe's /metrics (``exposition``) where its metrics mode puts them there."""
 
-    def __init__(self, selection: Selection, legacy: bool = False,
-                 auto_detect: bool = False, hostname: str = HOSTNAME) -> None:
+    def __init__(self, selection: Selection, mode: str = "log", auto_detect: bool = False,
+                 hostname: str = HOSTNAME, exposition: TsExposition | None = None) -> None:
+        legacy = mode == "legacy"
         self.ts = {k: v for k, v in selection.ts.items() if not (legacy and k in LEGACY)}
         self.model = dict(selection.model)
         self.auto_detect = auto_detect
@@ -154,10 +150,26 @@ class MetricsLog:
         self.ts_log = logging.getLogger(TS_METRICS)
         self.model_log = logging.getLogger(MODEL_METRICS)
         self._cpu = (0, 0)  # CPUUtilization: the busy share since the last reading (or boot)
+        self.exposition = exposition
+        self._to_exposition = mode == "prometheus" and exposition is not None
+        if exposition is not None and mode == "prometheus":
+            for spec_map in (self.ts, self.model):  # listed from the start, as TorchServe does
+                for name, spec in spec_map.items():
+                    exposition.register(name, spec.kind, spec.unit, spec.dimensions)
+        elif exposition is not None and mode == "legacy":
+            for name in LEGACY:  # MetricBuilder.build: Prometheus counters in legacy mode
+                spec = selection.ts.get(name)
+                if spec is not None:
+                    exposition.register(name, "counter", spec.unit, spec.dimensions)
 
     def frontend(self, name: str, values: Sequence[str], value: float) -> None:
+        exposition = self.exposition
+        if exposition is not None and name in exposition:
+            exposition.update(name, [*values, self.hostname], value)
+            return
         spec = self.ts.get(name)
-        if spec is not None and self.ts_log.isEnabledFor(logging.INFO):
+        if spec is not None and not self._to_exposition and self.ts_log.isEnabledFor(
+                logging.INFO):
             self.ts_log.info(metric_line(name, spec, [*values, self.hostname], value))
 
     # -- the frontend's metrics ----------------------------------------------------------------
@@ -184,12 +196,12 @@ class MetricsLog:
         ids = ",".join(request_ids)
         self.handler_metric("PredictionTime", "ms", {"ModelName": model, "Level": "Model"},
                             round(handler_ms, 2), ids)
-        for _type, name, unit, labels, value in events:
-            self.handler_metric(name, unit, labels, value, ids)
+        for kind, name, unit, labels, value in events:
+            self.handler_metric(name, unit, labels, value, ids, kind)
 
     def handler_metric(self, name: str, unit: str, labels: Mapping[str, str], value: float,
-                       request_id: str) -> None:
-        if not self.model_log.isEnabledFor(logging.INFO):
+                       request_id: str, kind: str = "gauge") -> None:
+        if not self._to_exposition and not self.model_log.isEnabledFor(logging.INFO):
             return
         spec = self.model.get(name)
         if spec is None:
@@ -197,7 +209,14 @@ class MetricsLog:
                 return
             # registered at first sight with the worker's unit and dimension names
             spec = self.model.setdefault(name, Spec(UNITS.get(unit, unit),
-                                                    (*labels, "Hostname")))
+                                                    (*labels, "Hostname"), kind))
+            if self._to_exposition:
+                assert self.exposition is not None
+                self.exposition.register(name, spec.kind, spec.unit, spec.dimensions)
+        if self._to_exposition:
+            assert self.exposition is not None
+            self.exposition.update(name, [*labels.values(), self.hostname], value)
+            return
         self.model_log.info(metric_line(name, spec, [*labels.values(), self.hostname], value,
                                         request_id))
 
@@ -237,9 +256,11 @@ class MetricsLog:
 
 
 def from_settings(settings: Settings) -> MetricsLog | None:
-    """The metrics log the settings ask for (None: metrics_mode prometheus). Raises
-    ValueError for a metrics_config that cannot be read."""
-    if settings.metrics_mode == "prometheus":
+    """The metrics log the settings ask for (None: metrics_mode prometheus with modelserve's
+    own /metrics). Raises ValueError for a metrics_config that cannot be read."""
+    torchserve = settings.metrics_exposition == "torchserve"
+    if settings.metrics_mode == "prometheus" and not torchserve:
         return None
-    return MetricsLog(load_selection(settings.metrics_config), settings.metrics_mode == "legacy",
-                      settings.model_metrics_auto_detect)
+    return MetricsLog(load_selection(settings.metrics_config), settings.metrics_mode,
+                      settings.model_metrics_auto_detect,
+                      exposition=TsExposition() if torchserve else None)

@@ -153,7 +153,9 @@ class TokenAuth:
             return
         refusal = error_response(self.status, "InvalidKeyException", INVALID_MESSAGE,
                                  {"www-authenticate": 'Bearer realm="modelserve"'}
-                                 if self.status == 401 else None)
+                                 if self.status == 401 else None,
+                                 # OIP v2 clients (tritonclient, perf_analyzer) read "error"
+                                 oip=path.startswith("/v2/") or path == "/v2")
         await refusal(scope, receive, send)
 
     def _token(self, scope: dict[str, Any], header: bytes | None) -> JSONResponse:

@@ -143,12 +143,14 @@ def _self_signed() -> Material:
                     "a self-signed certificate")
 
 
-def _context(found: Material, workdir: Path) -> ssl.SSLContext:
-    """A server context from ``found``: TLS 1.2 or later, Python's secure ciphers. The key
-    goes through a 0600 file in the workdir (``load_cert_chain`` reads only files), removed
-    at once."""
+def _context(found: Material, workdir: Path, level: int | None = None) -> ssl.SSLContext:
+    """A server context from ``found``: TLS 1.2 or later, Python's secure ciphers at OpenSSL
+    security ``level`` (None: OpenSSL's default). The key goes through a 0600 file in the
+    workdir (``load_cert_chain`` reads only files), removed at once."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if level is not None:
+        context.set_ciphers(f"DEFAULT:@SECLEVEL={level}")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".tls-", suffix=".pem", dir=workdir)
@@ -163,7 +165,10 @@ def _context(found: Material, workdir: Path) -> ssl.SSLContext:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise ValueError(f"TLS: the private key is not the certificate's ({found.source})"
                              ) from None
-        raise ValueError(f"TLS: cannot use {found.source}: {exc.reason or exc}") from None
+        hint = (" (a key this small needs tls_security_level: 1)"
+                if exc.reason == "EE_KEY_TOO_SMALL" else "")
+        raise ValueError(f"TLS: cannot use {found.source}: {exc.reason or exc}{hint}"
+                         ) from None
     finally:
         os.unlink(name)
     if found.client_ca is not None:
@@ -188,7 +193,7 @@ def _load(settings: Settings) -> tuple[Material, ssl.SSLContext]:
         if not cas:
             raise ValueError(f"tls_client_ca_file {path}: no PEM certificate in it")
         found = Material(found.chain, found.key, b"".join(cas), found.source)
-    return found, _context(found, Path(settings.workdir))
+    return found, _context(found, Path(settings.workdir), settings.tls_security_level)
 
 
 _loaded: dict[tuple[object, ...], tuple[Material, ssl.SSLContext]] = {}
@@ -200,7 +205,7 @@ def _loaded_for(settings: Settings) -> tuple[Material, ssl.SSLContext]:
     password = settings.tls_keystore_password
     key = (settings.tls_cert_file, settings.tls_key_file, settings.tls_keystore,
            None if password is None else password.get_secret_value(),
-           settings.tls_client_ca_file, settings.workdir)
+           settings.tls_client_ca_file, settings.workdir, settings.tls_security_level)
     if key not in _loaded:
         _loaded[key] = _load(settings)
     return _loaded[key]

@@ -19,6 +19,9 @@ from typing import Any
 import orjson
 
 log = logging.getLogger("modelserve.access")
+# Set in the scope by the connection's deadline (deadlines.py) when it answered 408 under the
+# application: the status the client got, which the line then shows.
+STATUS_KEY = "modelserve.status"
 
 
 def torchserve_line(scope: dict[str, Any], status: int, ms: int) -> str:
@@ -43,7 +46,8 @@ class AccessLog:
         self.torchserve = style == "torchserve"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        # a log4j2 file that turns ACCESS_LOG down (ts_log4j): no line, so no wrapper either
+        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -60,6 +64,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
+            seen["status"] = scope.get(STATUS_KEY, seen["status"])
             if log.isEnabledFor(logging.INFO):  # else the entry would not be written
                 elapsed = time.perf_counter() - start
                 if self.torchserve:

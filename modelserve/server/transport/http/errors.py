@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from modelserve.errors import ModelServeError
 from modelserve.server.transport.http.responses import JSONResponse
@@ -22,9 +23,12 @@ _STARLETTE_TYPES = {
 
 
 def error_response(status: int, type_: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": status, "type": type_, "message": message}, status_code=status,
-                        headers=headers)
+                   headers: dict[str, str] | None = None, oip: bool = False) -> JSONResponse:
+    """TorchServe's error body; ``oip``: with the Open Inference Protocol's ``error`` too."""
+    body = {"code": status, "type": type_, "message": message}
+    if oip:
+        body["error"] = message
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _modelserve_error(_: Request, exc: Exception) -> JSONResponse:
@@ -49,6 +53,12 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, type_, message)
 
 
+async def _client_gone(_: Request, exc: Exception) -> JSONResponse:
+    """The client left (or its body stalled past request_body_timeout) while its body was
+    read: nothing to log, and the answer goes nowhere (499 in the access log)."""
+    return error_response(499, "ClientDisconnected", "the client disconnected")
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "InternalServerException", f"{type(exc).__name__}: {exc}")
@@ -68,4 +78,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelServeError, _modelserve_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -85,6 +85,8 @@ def create_inference_app(dataplane: DataPlane, settings: Settings,
         """Run a model (its default version, or the one in the path) on the request body."""
         return await forward(request, None)
 
+    app.state.predictions = predictions  # also served in front of FastAPI: fast_path.py
+
     async def explanations(request: Request) -> Response:
         """TorchServe's ``/explanations``: the handler's ``explain_handle`` on the body."""
         return await forward(request, EXPLAIN)

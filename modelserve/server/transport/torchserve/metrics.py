@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from modelserve import __version__
@@ -16,9 +16,10 @@ def create_metrics_app(metrics: ServerMetrics) -> FastAPI:
                   docs_url=None, redoc_url=None)
 
     @app.get("/metrics")
-    async def scrape() -> Response:
-        """Every metric in Prometheus text exposition format 0.0.4."""
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def scrape(names: list[str] = Query([], alias="name[]")) -> Response:
+        """Every metric in Prometheus text exposition format 0.0.4; ``name[]=...`` (repeated)
+        keeps only those (PrometheusMetricsRequestHandler)."""
+        return Response(metrics.render(names), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -117,30 +117,41 @@ class V2Core:
 
         return {
             "name": mv.name, "platform": sig.platform, "backend": "modelserve",
-            "version_policy": {"specific": {"versions": [mv.version]}},
+            "version_policy": {"specific": {"versions": [triton_version(mv.version)]}},
             "max_batch_size": mv.config.batch_size,
             "input": [tensor(s) for s in sig.inputs],
             "output": [tensor(s) for s in sig.outputs],
             "dynamic_batching": {
                 "max_queue_delay_microseconds": int(mv.config.max_batch_delay * 1000)},
-            "instance_group": [{"count": mv.pool.target, "kind": "KIND_CPU"}],
+            "instance_group": [{"name": mv.name, "count": mv.pool.target, "kind": "KIND_CPU"}],
         }
 
     def model_stats(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
-        versions = ([self.model(name, version)] if name else self.dp.registry.all())
+        """Triton's statistics: every version of ``name`` when no version is given (every
+        model without a name). Each request counts once in success, queue and the three
+        compute steps, as in Triton; the worker's time is all ``compute_infer`` (decoding
+        and encoding happen in the worker too), so input and output show 0 ns."""
+        if name and not version:
+            versions = self.dp.registry.versions(name)
+        else:
+            versions = [self.model(name, version)] if name else self.dp.registry.all()
         out = []
         for mv in versions:
             st = self._stats.get(mv) or _Stats()
+            n = st.success
             out.append({
-                "name": mv.name, "version": mv.version, "last_inference": st.last_ms,
-                "inference_count": st.inferences, "execution_count": mv.metrics.executions,
+                "name": mv.name, "version": triton_version(mv.version),
+                "last_inference": st.last_ms, "inference_count": st.inferences,
+                "execution_count": mv.metrics.executions,
                 "inference_stats": {
-                    "success": {"count": st.success, "ns": st.success_ns},
+                    "success": {"count": n, "ns": st.success_ns},
                     "fail": {"count": st.fail, "ns": st.fail_ns},
-                    "queue": {"count": st.success, "ns": st.queue_ns},
-                    "compute_input": {"count": 0, "ns": 0},
-                    "compute_infer": {"count": st.success, "ns": st.infer_ns},
-                    "compute_output": {"count": 0, "ns": 0},
+                    "queue": {"count": n, "ns": st.queue_ns},
+                    "compute_input": {"count": n, "ns": 0},
+                    "compute_infer": {"count": n, "ns": st.infer_ns},
+                    "compute_output": {"count": n, "ns": 0},
+                    "cache_hit": {"count": 0, "ns": 0},  # no response cache
+                    "cache_miss": {"count": 0, "ns": 0},
                 },
                 "batch_stats": [],
             })
@@ -256,6 +267,17 @@ class V2Core:
         default = self.dp.registry.default_version(name)
         for mv in sorted(versions, key=lambda v: v.version == default):
             await self.dp.unregister(name, mv.version)
+
+
+def triton_version(version: str) -> str:
+    """A version as Triton's statistics give it. Triton numbers versions with integers, and
+    perf_analyzer reads a statistics entry's version as one (it parses the number, then
+    looks the entry up again by that number's digits), so a whole-number version such as
+    TorchServe's default ``1.0`` is sent as ``1``; any other version is sent unchanged."""
+    whole, dot, fraction = version.partition(".")
+    if whole.isdigit() and whole.isascii() and (not dot or (fraction and set(fraction) == {"0"})):
+        return str(int(whole))
+    return version
 
 
 def _archive_name(filename: str) -> str:

@@ -45,7 +45,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         header = next((value for key, value in details.invocation_metadata or ()
                        if key == "authorization"), None)
         if isinstance(header, str):
-            header = header.encode()
+            # as HTTP does, whitespace around the value is not part of it: perf_analyzer's
+            # -H 'authorization: Bearer KEY' sends the space after the colon
+            header = header.strip().encode()
         if self.keys.check("inference", header):
             return await continuation(details)
         if details.method in STREAMING_METHODS:

@@ -256,7 +256,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=cfg["name"], platform=cfg["platform"], backend=cfg["backend"],
             max_batch_size=cfg["max_batch_size"],
             input=[pb.ModelInput(**t) for t in cfg["input"]],
-            output=[pb.ModelOutput(**t) for t in cfg["output"]]))
+            output=[pb.ModelOutput(**t) for t in cfg["output"]],
+            instance_group=[pb.ModelInstanceGroup(**g) for g in cfg["instance_group"]],
+            dynamic_batching=pb.ModelDynamicBatching(**cfg["dynamic_batching"])))
 
     async def _ModelStatistics(self, request: Any, context: Any) -> Any:
         stats = self.core.model_stats(request.name or None, request.version or None)

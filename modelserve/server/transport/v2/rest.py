@@ -21,6 +21,7 @@ from starlette.responses import Response
 from modelserve import jsonc
 from modelserve.datatypes import TensorError, to_numpy
 from modelserve.errors import BadRequestError, ModelServeError
+from modelserve.server.engine.jobs import Result
 from modelserve.server.engine.registry import ModelVersion
 from modelserve.server.engine.streams import Stream
 from modelserve.server.transport.http.body import EXPLAIN, read_body
@@ -158,8 +159,10 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         name = request.path_params["model_name"]
         body = await read_body(request, max_request)
         mv = core.model(name, None)
-        sig = core.signature(mv)
         request_id = request_ids.new()
+        if core.dp.settings.service_envelope:
+            return enveloped(await handler_result(mv, body, dict(request.headers), request_id))
+        sig = core.signature(mv)
         if sig.known and len(sig.inputs) == 1:
             try:
                 doc = jsonc.loads(body)
@@ -179,13 +182,32 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
         has none) -> ``{"explanations": [...]}``."""
         mv = core.model(request.path_params["model_name"], None)
         body = await read_body(request, max_request)
-        value = await handler_answer(mv, body, {**request.headers, **EXPLAIN},
-                                     request_ids.new())
+        headers = {**request.headers, **EXPLAIN}
+        if core.dp.settings.service_envelope:
+            return enveloped(await handler_result(mv, body, headers, request_ids.new()))
+        value = await handler_answer(mv, body, headers, request_ids.new())
         return JSONResponse({"explanations": value})
+
+    def enveloped(result: Result) -> Response:
+        """TorchServe's service_envelope built the whole answer in the worker: sent as is."""
+        return Response(result.body, status_code=result.status, headers=result.headers,
+                        media_type=result.content_type)
 
     async def handler_answer(mv: ModelVersion, body: bytes, headers: dict[str, str],
                              request_id: str) -> list[Any]:
         """The handler's answer to a JSON body, as a list (KServe v1's shape)."""
+        result = await handler_result(mv, body, headers, request_id)
+        value: Any = result.body.decode(errors="replace")
+        if result.content_type.startswith("application/json"):
+            try:
+                value = jsonc.loads(result.body)
+            except orjson.JSONDecodeError:
+                pass  # the handler said JSON and sent something else: pass it on as text
+        return value if isinstance(value, list) else [value]
+
+    async def handler_result(mv: ModelVersion, body: bytes, headers: dict[str, str],
+                             request_id: str) -> Result:
+        """The handler's answer to a JSON body; an error or a stream raises."""
         result = await core.dp.infer_version(mv, None, body, "application/json", headers,
                                              request_id)
         if isinstance(result, Stream):
@@ -194,10 +216,4 @@ def add_v2_routes(app: FastAPI, core: V2Core, max_request: int, max_response: in
                                   "/predictions", status=400)
         if result.status >= 400:
             raise ModelServeError.from_body(result.status, result.body)
-        value: Any = result.body.decode(errors="replace")
-        if result.content_type.startswith("application/json"):
-            try:
-                value = jsonc.loads(result.body)
-            except orjson.JSONDecodeError:
-                pass  # the handler said JSON and sent something else: pass it on as text
-        return value if isinstance(value, list) else [value]
+        return result
