@@ -7,7 +7,7 @@ The recipe, from a clean clone (TorchServe needs Java 17; wrk: ``apt-get install
     .venv/bin/python bench/ts_dropin.py --rounds 3 --record
 
 What runs: two TorchScript models (``linear``: Linear 16->4, a 126-byte JSON body;
-``resnetish``: a ResNet-18-style CNN on 3x64x64, a 90 KB JSON body), each archived by
+``resnetish``: a ResNet-18-style CNN on 3x64x64, a 97 KB JSON body), each archived by
 ``torch-model-archiver`` with ``ts_dropin_handler.py`` (a ``BaseHandler`` subclass written the
 TorchServe way). One ``config.properties`` for both servers: ``default_workers_per_model=1``,
 ``models={...}`` with batchSize 8, maxBatchDelay 5 ms, minWorkers = maxWorkers = 1,
@@ -17,6 +17,11 @@ way: ``torchserve --start --foreground --ncs --model-store S --ts-config config.
 with the same flags). Each model in turn, each concurrency: wrk with the model's JSON body,
 5 s of warm-up then 10 s measured. ``--rounds N`` alternates the servers N times (a busy
 machine drifts; alternating cancels much of it) and reports medians and every round's ratio.
+
+Each row: req/s, p50/p99 (wrk), the server's CPU per answered request (frontend and the
+model's worker; TorchServe: JVM and worker), modelserve's mean batch, and "other": the cores
+busy outside the server while measuring (wrk included; ~0.1 on a quiet machine; more means
+someone else's load shared the cores). The goals of issue 19 are checked on the medians.
 
 ``--variant NAME:KEY=VALUE,...`` adds a modelserve run with extra environment (settings such
 as ``MODELSERVE_BATCH_THREADS=1``, or ``PYTHONPATH=/path/to/other/checkout``): A/B runs of one
