@@ -115,9 +115,9 @@ def _print_banner(settings: object, errors: list[str]) -> None:
 def _ts_properties(ts: TsConfig | None, ts_file: Path | None, model_store: Path | None,
                    models: list[str] | None, enable_model_api: bool,
                    disable_token_auth: bool, workflow_store: Path | None = None,
-                   ) -> dict[str, str]:
+                   env: frozenset[str] = frozenset()) -> dict[str, str]:
     """What TorchServe's ConfigManager holds of its config file and flags: the keys each of its
-    snapshot files carries."""
+    snapshot files carries. ``env``: the keys TS_* variables set, which beat the flags."""
     props: dict[str, str] = {}
     if ts is not None and ts_file is not None:
         props = {**ts.properties, "tsConfigFile": str(ts_file)}
@@ -126,7 +126,6 @@ def _ts_properties(ts: TsConfig | None, ts_file: Path | None, model_store: Path 
              "enable_model_api": "true" if enable_model_api else None,
              "disable_token_authorization": "true" if disable_token_auth else None,
              "workflow_store": str(workflow_store) if workflow_store is not None else None}
-    env = from_environment(props, os.environ)  # TS_* variables beat the flags
     props.update({key: value for key, value in flags.items()
                   if value is not None and key not in env})
     return props
@@ -185,7 +184,7 @@ def start(
     def load(ts: TsConfig | None, ts_file: Path | None) -> Settings:
         ts_values = ts.settings if ts else {}
         # enable_envvars_config: TS_* variables beat these flags (ConfigManager reads them last)
-        env = set(from_environment(ts.properties, os.environ)) if ts else set()
+        env = frozenset(from_environment(ts.properties, os.environ) if ts else ())
         return load_settings(
             config, ts_values=ts_values,
             personality=torchserve_defaults(ts_values) if as_torchserve else None,
@@ -201,7 +200,7 @@ def start(
             model_snapshot=False if no_config_snapshots else None,
             ts_config_snapshots=False if no_config_snapshots else None,
             ts_properties=_ts_properties(ts, ts_file, model_store, models, enable_model_api,
-                                         disable_token_auth, workflow_store),
+                                         disable_token_auth, workflow_store, env),
         )
 
     restored = None
