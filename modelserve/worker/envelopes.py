@@ -37,16 +37,13 @@ import numpy as np
 import orjson
 
 from modelserve import jsonc
+from modelserve.datatypes import TensorError, datatype_of
 from modelserve.handlers.errors import BadInputError
 from modelserve.worker.context import Context
 
 Entry = Callable[[Any, Context], Any]
 NAMES = ("body", "json", "kserve", "kservev2")
 
-# OIP v2 datatypes by numpy dtype name, as TorchServe's kservev2 envelope names its outputs
-_DATATYPES = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
-              "uint64": "UINT64", "int8": "INT8", "int16": "INT16", "int32": "INT32",
-              "int64": "INT64", "float16": "FP16", "float32": "FP32", "float64": "FP64"}
 
 
 @dataclass
@@ -286,9 +283,13 @@ def _v2_output(result: Any, name: str) -> dict[str, Any]:
     if hasattr(result, "detach"):  # a torch tensor, without importing torch here
         result = result.detach().cpu().numpy()
     flat = np.asarray(result).reshape(-1)
-    datatype = _DATATYPES.get(str(flat.dtype)) or ("BYTES" if flat.dtype.kind in "OU" else None)
-    if datatype is None:
-        raise ValueError(f"output {name!r}: numpy dtype {flat.dtype} has no KServe v2 datatype")
+    try:
+        if flat.dtype.kind == "S":  # raw bytes have no JSON form
+            raise TensorError(str(flat.dtype))
+        datatype = datatype_of(flat.dtype)
+    except TensorError:
+        raise ValueError(f"output {name!r}: numpy dtype {flat.dtype} has no KServe v2 datatype"
+                         ) from None
     return {"name": name, "datatype": datatype, "data": flat.tolist(), "shape": [flat.size]}
 
 
