@@ -194,6 +194,20 @@ def test_a_body_the_application_has_not_asked_for_yet_is_not_timed(make):
     assert sum(srv.table.timeouts.values()) == 0
 
 
+def test_a_client_answering_its_100_continue_gets_a_whole_period(make):
+    # the deadline expires at 1.2 s with /late not reading (re-armed to 2.4 s); /late asks
+    # for the body at 2 s; the client sends it 0.6 s after its cue, within the 1.2 s allowed
+    srv = make(body=1.2)
+    with srv.connect() as sock:
+        sock.sendall(b"POST /late HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 3\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        time.sleep(0.6)
+        sock.sendall(b"abc")
+        assert read_response(sock) == (200, b"3")
+    assert sum(srv.table.timeouts.values()) == 0
+
+
 def test_long_answers_and_streams_are_not_timed(make):
     srv = make(header=0.5, body=0.5)
     with srv.connect() as sock:

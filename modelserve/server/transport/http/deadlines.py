@@ -61,6 +61,7 @@ class ConnectionWatch:
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._closed = False
+        self._app_was_idle = False  # the last expiry found the application not reading
 
     # -- events from the protocol ------------------------------------------------------------
     def start(self) -> None:
@@ -79,6 +80,7 @@ class ConnectionWatch:
             return
         if self.body_at is not None:
             self.body_at = self.loop.time()
+            self._app_was_idle = False
         elif self.head_since is None:
             if self.requests:  # busy, and nothing to time: the common case, kept short
                 if self._timer is not None:
@@ -170,6 +172,14 @@ class ConnectionWatch:
         elif self.proto.flow.read_paused or getattr(
                 self.proto.cycle, "waiting_for_100_continue", False):
             # the application is not reading (yet): the client is not the one stalling
+            self.body_at = now
+            self._app_was_idle = True
+            self._arm()
+        elif self._app_was_idle:
+            # the application began reading since the last expiry (it sent the 100 Continue,
+            # or uvicorn resumed the socket) at a moment not known here: the client gets a
+            # whole period from now, so a body sent on the cue is never cut off
+            self._app_was_idle = False
             self.body_at = now
             self._arm()
         else:
