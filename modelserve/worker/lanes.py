@@ -99,7 +99,7 @@ class Gate:
         self.threads = threads
         self.adaptive = adaptive and lanes > 1
         self.open = 1 if self.adaptive else lanes
-        self.most = lanes  # the most lanes auto opens (no more than threads, set_threads)
+        self.most = max(1, min(lanes, threads))  # the most lanes auto opens: one a thread
         self.queued = 0.0  # moving averages
         self.busy = 0.0
         self.share = 0.0

@@ -46,6 +46,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--index", type=int, default=0, help="worker number, picks the GPU")
     p.add_argument("--device-type", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--threads", type=int, default=1, help="torch threads, all lanes together")
+    p.add_argument("--most-threads", type=int, default=0,
+                   help="the most threads the frontend may give it later (0: --threads); "
+                        "auto plans its lanes for them")
     p.add_argument("--batch-threads", type=int, default=lanes.AUTO,
                    help="batches run at once (lanes); 0: auto")
     p.add_argument("--envelope", default=None, choices=envelopes.NAMES,
@@ -107,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(args.model_dir)
         ts_compat.install()  # TorchServe handler files import ts.*
         source = find_handler(args.handler, args.model_dir)
-        count = lanes.plan(args.batch_threads, source.thread_safe, gpu, args.threads)
+        # lanes for the most threads it may get: a worker started in a pool of several that
+        # later serves alone would otherwise stay one lane (issue 29's step at 66 %)
+        count = lanes.plan(args.batch_threads, source.thread_safe, gpu,
+                           max(args.threads, args.most_threads))
         # before the model loads: onnxruntime sizes its session's thread pool from this
         lanes.set_torch_threads(lanes.threads_each(args.threads, count))
         handler = source.start(context)

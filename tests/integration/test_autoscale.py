@@ -265,6 +265,24 @@ def test_off_in_config_keeps_min_workers(start):
     assert [a for a in load.end() if a[0] != 200] == []
 
 
+def test_busy_models_share_the_cores_and_one_alone_gets_them_back(start):
+    """Two models busy at once: each worker runs on the cores shared among both; once one
+    is idle the other's worker gets its whole share again."""
+    srv = start(["slow.mar", "pinned.mar"])
+
+    def threads() -> list[int]:
+        return [describe(srv, m)["workers"][0]["threads"] for m in ("slow", "pinned")]
+
+    assert threads() == [CORES, CORES]
+    loads = [Load(srv, m, 1, {"sleep": 0.05}) for m in ("slow", "pinned")]
+    try:
+        wait_for(lambda: threads() == [max(1, CORES // 2)] * 2, timeout=30)
+    finally:
+        pinned = loads[1].end()
+    wait_for(lambda: threads()[0] == CORES, timeout=30)
+    assert [a for a in loads[0].end() + pinned if a[0] != 200] == []
+
+
 def test_the_worker_runs_on_the_threads_its_pool_now_wants():
     """The frontend's threads frame reaches the lanes: fewer threads close the extra lanes."""
     frontend, worker = socket.socketpair()
@@ -285,6 +303,32 @@ def test_the_worker_runs_on_the_threads_its_pool_now_wants():
         for _ in range(lanes.SETTLE):  # busy again: no more lanes than threads
             gate.record(True, 0.0, 0.035, 0.030)
         assert gate.open == 1
+    finally:
+        frontend.close()
+        worker.close()
+
+
+def test_a_worker_started_among_several_opens_its_lanes_once_it_serves_alone():
+    """A worker started on one thread of a pool of two is planned two lanes (the threads it
+    would get alone): one stays open until the pool shrinks and its threads frame says two
+    (before, it kept one lane on two threads: the bench's step at 66 % of the best fixed)."""
+    assert lanes.plan(lanes.AUTO, True, None, max(1, 2)) == 2
+    frontend, worker = socket.socketpair()
+    try:
+        channel = Channel(worker)
+        gate = lanes.Gate(channel, 2, adaptive=True, threads=1)
+        channel.on_threads = gate.set_threads
+        for _ in range(lanes.SETTLE):
+            gate.record(True, 0.0, 0.035, 0.030)
+        assert gate.open == 1  # one thread: one lane
+        frontend.sendall(ipc.encode({"op": "threads", "n": 2}))
+        frontend.sendall(ipc.encode({"op": "infer", "id": 1, "reqs": []}))
+        assert channel.next_batch()["id"] == 1
+        for _ in range(lanes.SETTLE):
+            gate.record(True, 0.0, 0.035, 0.030)
+        assert (gate.open, gate.threads_for(0), gate.threads_for(1)) == (2, 1, 1)
+        frontend.settimeout(5)
+        assert ipc.recv_frame(frontend) == {"op": "lanes", "n": 2}
     finally:
         frontend.close()
         worker.close()

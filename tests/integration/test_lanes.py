@@ -109,7 +109,7 @@ def read_frame(sock: socket.socket) -> dict:
 
 def test_gate_opens_lanes_for_a_busy_model_and_closes_them_when_idle(pair):
     frontend, channel = pair
-    gate = lanes.Gate(channel, 2, adaptive=True)
+    gate = lanes.Gate(channel, 2, adaptive=True, threads=2)
     assert gate.open == 1
     for _ in range(lanes.SETTLE):  # batches back to back, 30 ms of 35 in the model
         gate.record(True, 0.0, 0.035, 0.030)
@@ -125,7 +125,7 @@ def test_gate_close_level_scales_with_the_open_lanes(pair):
     """Four lanes running 1.4 batches at a time (each busy 35 %) stay open; at 0.8 (one
     request at a time, 20 % each) one lane on all the threads takes over."""
     _, channel = pair
-    gate = lanes.Gate(channel, 4, adaptive=True)
+    gate = lanes.Gate(channel, 4, adaptive=True, threads=4)
     for _ in range(lanes.SETTLE):
         gate.record(True, 0.0, 0.035, 0.030)
     assert gate.open == 4
@@ -159,7 +159,7 @@ def test_gate_closes_at_once_after_an_idle_spell_and_shares_threads(pair):
 ])
 def test_gate_keeps_one_lane_where_more_would_not_pay(pair, queued, waited, batch, model):
     _, channel = pair
-    gate = lanes.Gate(channel, 2, adaptive=True)
+    gate = lanes.Gate(channel, 2, adaptive=True, threads=2)
     for _ in range(lanes.SETTLE * 4):
         gate.record(queued, waited, batch, model)
     assert gate.open == 1
@@ -172,7 +172,7 @@ def test_gate_asked_for_a_count_keeps_it_and_parked_lanes_end_at_close(pair):
         fixed.record(False, 1.0, 0.001, 0.0)
     assert fixed.open == 3 and fixed.wait(2)
 
-    gate = lanes.Gate(channel, 2, adaptive=True)
+    gate = lanes.Gate(channel, 2, adaptive=True, threads=2)
     result: list[bool] = []
     parked = threading.Thread(target=lambda: result.append(gate.wait(1)))
     parked.start()

@@ -131,10 +131,11 @@ class WorkerPool:
         """The index the next worker starts with (worker i is on cuda:(i mod devices))."""
         return self._next_index
 
-    def retune(self) -> None:
+    def retune(self, sharing: int = 0) -> None:
         """Tell each ready worker the threads a worker started now would get: the cores
-        shared among the pool's target (the autoscaler calls it after each change)."""
-        threads = self._threads(max(1, self.target))
+        shared among the pool's target (the autoscaler calls it after each change), or
+        among ``sharing`` workers when other models' busy workers share the cores too."""
+        threads = self._threads(max(1, self.target, sharing))
         for worker in self.workers:
             if worker.status == "READY" and worker.threads != threads:
                 worker.set_threads(threads)
@@ -150,8 +151,10 @@ class WorkerPool:
     async def _start_one(self) -> None:
         if self._closed:
             return
+        # its lanes are planned for the threads it would get alone (retune gives them later)
         worker = WorkerProcess(self.spec, self._next_index, self._threads(self.target),
-                               self._on_change, self._exited, self.zygote)
+                               self._on_change, self._exited, self.zygote,
+                               most_threads=self._threads(1))
         self._next_index += 1
         worker.on_batch_done = self._on_batch_done
         worker.on_orphans = self._orphans

@@ -38,8 +38,9 @@ class WorkerSpec:
                 [*self.extra_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
         return env
 
-    def args(self, index: int, threads: int) -> list[str]:
-        """``python -m modelserve.worker`` arguments, but for ``--fd``."""
+    def args(self, index: int, threads: int, most_threads: int = 0) -> list[str]:
+        """``python -m modelserve.worker`` arguments, but for ``--fd``; ``most_threads``: the
+        most the pool may give it later (its lanes are planned for them)."""
         return [
             "--model-dir", self.model_dir,
             "--model-name", self.model_name,
@@ -51,6 +52,7 @@ class WorkerSpec:
             "--index", str(index),
             "--device-type", self.device_type,
             "--threads", str(threads),
+            "--most-threads", str(most_threads),
             "--batch-threads", str(self.batch_threads),
             *(["--metrics-config", self.metrics_config] if self.metrics_config else []),
             *(["--envelope", self.envelope] if self.envelope else []),

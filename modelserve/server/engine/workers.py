@@ -81,8 +81,9 @@ class WorkerProcess:
 
     def __init__(self, spec: WorkerSpec, index: int, threads: int,
                  on_change: Callable[[], None], on_exit: Callable[[WorkerProcess], None],
-                 zygote: Zygote | None = None) -> None:
+                 zygote: Zygote | None = None, most_threads: int = 0) -> None:
         self.spec = spec
+        self.most_threads = most_threads  # the most its pool may give it (set_threads)
         self.zygote = zygote
         self.index = index
         self.threads = threads
@@ -160,7 +161,7 @@ class WorkerProcess:
         self._on_change()
 
     async def _launch(self, fd: int) -> asyncio.subprocess.Process | ForkedProcess:
-        args, env = self.spec.args(self.index, self.threads), self.spec.env()
+        args, env = self.spec.args(self.index, self.threads, self.most_threads), self.spec.env()
         if self.zygote is not None and not self.spec.extra_paths:
             try:
                 return await self.zygote.fork(args, env, fd)
