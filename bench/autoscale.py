@@ -17,7 +17,12 @@ One server with the examples ``resnet`` (scaled between 1 and ``--max-workers``)
      the first request after each idle spell: its latency, and that none fails.
 
     .venv/bin/python bench/autoscale.py --model-store model_store [--duration 10]
-        [--cool-down 10] [--concurrency 32] [--max-workers 4] [--record]
+        [--cool-down 10] [--concurrency 32] [--max-workers 4] [--batch-threads 1] [--record]
+
+With the built-in handler's lanes (the default), one worker runs two batches at once on two
+cores and is the best count on 2 cores: the step need not add one. ``--batch-threads 1`` runs
+resnet one batch at a time per worker, as a TorchServe handler runs, where two workers beat
+one: the step must add one.
 
 Closed loops use wrk when installed, else ``loadgen.py``. ``--record`` appends the tables to
 bench/RESULTS.md: only for a run on a quiet machine.
@@ -45,7 +50,8 @@ OTHER = "digits"
 
 
 class Server:
-    def __init__(self, store: Path, workdir: Path, cool_down: float) -> None:
+    def __init__(self, store: Path, workdir: Path, cool_down: float,
+                 batch_threads: int | None = None) -> None:
         self.ports = [free_port() for _ in range(4)]
         config = {
             "inference_port": self.ports[0], "management_port": self.ports[1],
@@ -55,6 +61,8 @@ class Server:
             "workdir": str(workdir / "work"), "disable_token_auth": True,
             "model_snapshot": False, "autoscale": {"cool_down_s": cool_down},
         }
+        if batch_threads is not None:  # 1: one batch at a time, as a TorchServe handler runs
+            config["models"] = {MODEL: {"1.0": {"batchThreads": batch_threads}}}
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log = workdir / "server.log"
@@ -153,6 +161,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--max-workers", type=int, default=4)
     p.add_argument("--zero-cycles", type=int, default=3)
+    p.add_argument("--batch-threads", type=int, default=None,
+                   help="resnet's batchThreads (default auto: lanes; 1: one batch at a time "
+                        "per worker, where more workers pay)")
     p.add_argument("--record", action="store_true",
                    help="append the tables to bench/RESULTS.md (a quiet machine only)")
     args = p.parse_args()
@@ -167,7 +178,7 @@ def main() -> None:
         lines.append(line)
 
     with tempfile.TemporaryDirectory() as tmp:
-        srv = Server(store, Path(tmp), args.cool_down)
+        srv = Server(store, Path(tmp), args.cool_down, args.batch_threads)
         try:
             sweep = {}
             for k in range(1, args.max_workers + 1):
@@ -214,7 +225,8 @@ def main() -> None:
         results_md.record("autoscaling (bench/autoscale.py)", ["\n".join(lines)],
                           notes="resnet (minWorkers 1, maxWorkers "
                           f"{args.max_workers}) with digits beside it; autoscale defaults "
-                          f"but cool_down_s {args.cool_down:g}.")
+                          f"but cool_down_s {args.cool_down:g}; resnet's batchThreads "
+                          f"{args.batch_threads if args.batch_threads is not None else 'auto'}.")
 
 
 if __name__ == "__main__":
