@@ -32,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelserve.server.transport.http.access_log import STATUS_KEY, torchserve_line
 from modelserve.server.transport.http.access_log import log as access_log
+from modelserve.server.transport.http.coalesce import CoalescingTransport
 from modelserve.server.transport.http.connections import ConnectionTable
 
 
@@ -247,6 +248,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self.watch = ConnectionWatch(self, self.guard)
         self.watch.start()
 
@@ -272,6 +274,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self.watch.closed()
+        self.transport = _unwrapped(self.transport)
         super().handle_websocket_upgrade()
 
 
@@ -284,6 +287,7 @@ class GuardedH11(H11Protocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         watch = self.watch = ConnectionWatch(self, self.guard)
         next_event = self.conn.next_event
 
@@ -313,7 +317,16 @@ class GuardedH11(H11Protocol):
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self.watch.closed()
+        self.transport = _unwrapped(self.transport)
         super().handle_websocket_upgrade(event)
+
+
+def _unwrapped(transport: Any) -> Any:
+    """A WebSocket takes the socket's own transport (what the HTTP side held is sent)."""
+    if isinstance(transport, CoalescingTransport):
+        transport.flush()
+        return transport.raw
+    return transport
 
 
 PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
