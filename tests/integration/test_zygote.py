@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
+import socket
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelserve.server.engine import zygote as zygote_module
 from tests.conftest import Server, child_pids, pid_alive, ppid, wait_for, wait_logged
 
 DIGIT = {"data": [0.0] * 64}
@@ -134,3 +138,30 @@ def test_a_worker_forked_after_its_launch_was_abandoned_is_killed(
     zygote_pid, left = asyncio.run(abandon_one())
     assert left == set()
     assert not pid_alive(zygote_pid)
+
+
+def test_a_zygote_that_could_not_start_for_want_of_descriptors_is_tried_again(monkeypatch):
+    """EMFILE at the zygote's start (a slow-client flood holding descriptors) is not its
+    end: the next fork starts it (any other failure keeps workers on fresh interpreters)."""
+    real = socket.socketpair
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(*args, **kwargs)
+
+    async def main() -> None:
+        monkeypatch.setattr(zygote_module.socket, "socketpair", flaky)  # the loop has its own
+        z = zygote_module.Zygote(startup_timeout=120)
+        try:
+            with pytest.raises(zygote_module.ZygoteError, match="Too many open files"):
+                await z.fork([], {}, 0)
+            assert not z._broken
+            await z._start()  # what the next fork does first
+            assert z.pid is not None and pid_alive(z.pid)
+        finally:
+            await z.close()
+
+    asyncio.run(main())

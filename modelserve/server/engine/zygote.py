@@ -7,6 +7,7 @@ from it look to the pool like ``asyncio.subprocess.Process`` objects (:class:`Fo
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import os
@@ -16,6 +17,10 @@ import sys
 from typing import Any
 
 from modelserve import ipc
+
+# a start that failed for want of descriptors, processes or memory is tried again at the next
+# fork (a slow-client flood passes); any other failure makes workers spawn fresh interpreters
+TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM}
 
 log = logging.getLogger("modelserve.zygote")
 
@@ -79,8 +84,10 @@ class Zygote:
                 try:
                     await self._start()
                 except (OSError, ZygoteError) as exc:
-                    self._broken = f"the worker zygote could not start: {exc}"
-                    raise ZygoteError(self._broken) from exc
+                    reason = f"the worker zygote could not start: {exc}"
+                    if not (isinstance(exc, OSError) and exc.errno in TRANSIENT):
+                        self._broken = reason
+                    raise ZygoteError(reason) from exc
         assert self._sock is not None
         fork_id = next(self._ids)
         future: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
@@ -120,9 +127,15 @@ class Zygote:
                 sys.executable, "-m", "modelserve.worker.zygote", "--fd", str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            reader, self._writer = await asyncio.open_unix_connection(sock=ours.dup())
+        except BaseException:
+            ours.close()
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.kill()  # its socket is gone: it reads EOF and would exit anyway
+            self._proc = None
+            raise
         finally:
             theirs.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours.dup())
         try:
             hello = await asyncio.wait_for(ipc.read_frame(reader), self.startup_timeout)
         except TimeoutError:
