@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import socket
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
