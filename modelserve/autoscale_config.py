@@ -39,7 +39,8 @@ class AutoscaleSettings(BaseModel):
         "its own load, where maxWorkers > minWorkers; false: keep minWorkers, as TorchServe.")
     scale_up_after_ms: Millis = Field(
         100.0, description="Add a worker once the oldest request waiting for a busy worker "
-        "has waited this long (and the workers' lanes are busy, and a core is free).")
+        "has waited this long, or requests have waited at every look for a second (and the "
+        "workers' lanes are busy, and a core is free).")
     cool_down_s: Seconds = Field(
         30.0, description="Remove a worker after this long of low use (and this long after "
         "the last change); minWorkers 0: stop the last one after this long without requests.")

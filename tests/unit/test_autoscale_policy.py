@@ -56,10 +56,26 @@ def test_requests_waiting_for_busy_workers_add_one():
 
 def test_short_waits_or_idle_lanes_add_none():
     state = fresh()
-    assert run(state, 5.0, 3, busy=1, queued=1, wait_s=0.05) == []  # under the threshold
+    # short waits under the threshold, and the queue drains between them
+    decisions = [decide(state, look(5.0 + i * STEP, busy=1, queued=i % 2, wait_s=0.05 * (i % 2)))
+                 for i in range(15)]
+    assert [d.delta for d in decisions] == [0] * 15
     state = fresh()
     # requests wait, but the lanes are mostly idle: not for busy workers
     assert run(state, 5.0, 3, busy=0.2, queued=3, wait_s=0.5) == []
+
+
+def test_a_queue_that_never_drains_adds_one_though_no_wait_reaches_the_threshold():
+    """32 clients on a model whose batches take 25 ms: each request waits ~60 ms, never 100,
+    but requests are queued behind the busy lane at every look: a second worker doubles it."""
+    state = fresh()
+    for i in range(15):
+        d = decide(state, look(5.0 + i * STEP, busy=1, queued=16, wait_s=0.06))
+        if d.delta:
+            break
+    assert (d.delta, d.reason) == (1, "wait")
+    assert i * STEP <= 1.0 + STEP  # once the looks cover a second
+    assert "queued behind busy workers" in d.detail
 
 
 def test_never_above_max_workers():

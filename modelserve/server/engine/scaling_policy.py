@@ -5,8 +5,9 @@ tests feed it made-up load. The signals are the frontend's own: requests waiting
 worker (the batcher's queue, and batches queued in a worker behind its busy lanes) and how
 long the oldest has waited, and the batch lanes busy now out of those open.
 
-- **Up** when the oldest waiting request has waited ``scale_up_after_ms`` and the lanes were
-  busy (``HIGH_USE``, over the last second): requests wait for workers that are all busy. Not
+- **Up** when the oldest waiting request has waited ``scale_up_after_ms``, or requests were
+  queued at every look for a second (the queue never drained), and the lanes were busy
+  (``HIGH_USE``, over the last second): requests wait for workers that are all busy. Not
   while a worker is starting, for a moment after one started (its effect is not seen yet),
   or while the model crash-loops or a start failed within the cool-down.
 - **Down** after ``cool_down_s`` of low use since the last change: no request waited past
@@ -70,8 +71,9 @@ class ScaleState:
     """One version's autoscaling memory: recent looks, its last change and decision."""
 
     knobs: AutoscaleSettings
-    # (when, busy lanes, a request waited past the threshold, any request queued or running)
-    looks: deque[tuple[float, float, bool, bool]] = field(default_factory=deque)
+    # (when, busy lanes, a request waited past the threshold, any request queued or running,
+    # any request queued behind busy lanes)
+    looks: deque[tuple[float, float, bool, bool, bool]] = field(default_factory=deque)
     last_change: float = float("-inf")  # when its worker count last changed
     settled_at: float = float("-inf")  # when a starting worker was last seen
     failed_at: float = float("-inf")  # a scale-up whose worker did not start
@@ -84,14 +86,15 @@ class ScaleState:
 
     def remember(self, s: Sample) -> None:
         threshold = self.knobs.scale_up_after_ms / 1000
-        self.looks.append((s.now, s.busy, s.wait_s >= threshold, s.queued > 0 or s.busy > 0))
+        self.looks.append((s.now, s.busy, s.wait_s >= threshold, s.queued > 0 or s.busy > 0,
+                           s.queued > 0))
         horizon = s.now - max(self.knobs.cool_down_s, ACTIVE_WINDOW_S, USE_WINDOW_S) - 1.0
         while self.looks and self.looks[0][0] < horizon:
             self.looks.popleft()
         if s.ready < s.live:
             self.settled_at = s.now
 
-    def window(self, now: float, seconds: float) -> list[tuple[float, float, bool, bool]]:
+    def window(self, now: float, seconds: float) -> list[tuple[float, float, bool, bool, bool]]:
         return [look for look in self.looks if look[0] >= now - seconds]
 
     def mean_busy(self, now: float, seconds: float) -> float:
@@ -136,7 +139,12 @@ def decide(state: ScaleState, s: Sample) -> Decision:
 
 def _up(state: ScaleState, s: Sample) -> Decision | None:
     knobs = state.knobs
-    if s.wait_s * 1000 < knobs.scale_up_after_ms or s.live >= s.max_workers:
+    # a request waited past the threshold, or requests queued behind busy lanes at every look
+    # for USE_WINDOW_S (the queue never drained: a model whose batches take 25 ms keeps 32
+    # clients' requests waiting ~60 ms, never 100, yet a second worker doubles it)
+    backlog = state.covers(s.now, USE_WINDOW_S) and all(
+        look[4] for look in state.window(s.now, USE_WINDOW_S))
+    if (s.wait_s * 1000 < knobs.scale_up_after_ms and not backlog) or s.live >= s.max_workers:
         return None
     busy = state.mean_busy(s.now, USE_WINDOW_S)
     if s.lanes == 0 or busy < HIGH_USE * s.lanes:
@@ -147,9 +155,11 @@ def _up(state: ScaleState, s: Sample) -> Decision | None:
     settle = max(SETTLE_MIN_S, 2 * knobs.scale_up_after_ms / 1000)
     if s.ready < s.live or s.now - state.settled_at < settle:
         return HOLD  # one is starting, or just started: see what it does first
-    return Decision(1, "wait", f"requests waited {s.wait_s * 1000:.0f} ms for a busy worker "
-                    f"(over {knobs.scale_up_after_ms:g} ms), {busy:.1f} of {s.lanes} "
-                    f"lane(s) busy, {s.queued} waiting")
+    why = (f"requests waited {s.wait_s * 1000:.0f} ms for a busy worker (over "
+           f"{knobs.scale_up_after_ms:g} ms)" if s.wait_s * 1000 >= knobs.scale_up_after_ms
+           else f"requests queued behind busy workers for {USE_WINDOW_S:g} s")
+    return Decision(1, "wait", f"{why}, {busy:.1f} of {s.lanes} lane(s) busy, "
+                    f"{s.queued} waiting")
 
 
 def _down(state: ScaleState, s: Sample) -> Decision:
@@ -158,16 +168,16 @@ def _down(state: ScaleState, s: Sample) -> Decision:
     if s.live <= s.min_workers or s.now - state.last_change < cool or not state.covers(s.now, cool):
         return HOLD
     looks = state.window(s.now, cool)
-    if any(waited for _, _, waited, _ in looks):
+    if any(look[2] for look in looks):
         return HOLD
     busy = sum(look[1] for look in looks) / len(looks)
     if s.live == 1:  # to zero: not one request in the whole cool-down
-        if any(used for *_, used in looks):
+        if any(look[3] for look in looks):
             return HOLD
         return Decision(-1, "idle", f"no request for {cool:g} s")
     if busy > knobs.low_use * (s.live - 1):
         return HOLD
-    if not any(used for *_, used in looks):
+    if not any(look[3] for look in looks):
         return Decision(-1, "idle", f"no request for {cool:g} s")
     return Decision(-1, "low_use", f"{busy:.2f} lane(s) busy on average over {cool:g} s: "
                     f"{s.live - 1} worker(s) would be at most {knobs.low_use:.0%} busy")
