@@ -1,21 +1,38 @@
-"""Hostile clients beside normal load: does the server keep serving, and lose no model?
+"""Hostile clients beside normal load, modelserve and TorchServe 0.12 under the same mix:
+does the server keep serving, and lose no model? (issue 31)
 
-The server runs with its descriptor limit at ``--nofile`` (soft and hard, set in its own
-process: 1,024 as in issue 31). Phases:
+Both servers serve the same archives (``ts_dropin_setup``: ``linear`` and ``resnetish``,
+archived by ``torch-model-archiver`` with the TorchServe-style handler) from one
+``config.properties``, started the same way (``hostile_torchserve.py``); modelserve too runs
+them, not a model of its own. Each runs with its descriptor limit at ``--nofile`` (soft and
+hard, the whole process tree: 1,024 as in issue 31). Phases, per server:
 
-1. baseline: ``--concurrency`` closed-loop clients POST to a model for ``--baseline`` s;
-2. attack: ``--attackers`` slowloris connections (a request line, then one header line every
-   ``--interval`` s, never the blank line; a closed one reconnects at its next tick), started
-   in a process of their own, beside the same normal load for ``--duration`` s, and one /ping
-   probe a second on a new connection;
-3. restart under attack: the server is stopped and started again while the attackers go on;
-   how long until /ping is ready, and how many models are loaded ``--settle`` s later.
+1. baseline: ``--concurrency`` closed-loop clients POST to ``linear`` for ``--baseline`` s;
+2. attack: ``--attackers`` slowloris connections to the inference port (a request line, then
+   one header line every ``--interval`` s, never the blank line; a closed one reconnects at
+   its next tick), started in a process of their own, beside the same normal load for
+   ``--duration`` s, and one /ping probe a second on a new connection;
+3. restart under attack: the server's whole process tree is stopped (TorchServe: the JVM
+   too) and started again while the attackers go on; how long until /ping answers 200, and
+   how many models have all workers READY ``--settle`` s later (None: the management API
+   could not be reached), then again once the attackers have left: a model not READY
+   within ``--settle`` s of that is lost.
 
-It reports the normal requests answered (goal >= 99 %), their p99 against the baseline's
-(goal <= 1.2x), the probes answered, what closed the slow connections (408: the deadline; 503:
-room made for others) and the models lost (goal 0).
+For each server: the normal requests answered (goal >= 99 %), their p99 against its own
+baseline's (goal <= 1.2x), the probes answered, how the slow connections had ended when the
+attack phase did (408: modelserve's deadline; 503: room made for others; reset or EOF; still
+open, as the client sees it: TorchServe has no deadline, and a connection that a server out
+of descriptors never accepted counts too) and the models lost (goal 0). One table, a column
+a server. (TorchServe's /ping says 200 as soon as its workers exist, loading or failing and
+retried: hence the READY counts from the management API.)
 
-    python bench/hostile.py [--attackers 1100] [--nofile 1024] [--duration 75] [--json]
+    python bench/hostile.py [--server modelserve|torchserve|both] [--attackers 1100]
+        [--nofile 1024] [--duration 75] [--ts-venv bench/out/ts-e2e-venv] [--json]
+    python bench/hostile.py --attackers 200 --nofile 256 --baseline 5 --duration 15 \
+        --settle 10          # a smoke run
+
+``--config '{"request_header_timeout": 10}'`` passes settings to modelserve (as
+``MODELSERVE_*`` variables); TorchServe has no such settings.
 """
 
 from __future__ import annotations
@@ -28,128 +45,29 @@ import os
 import random
 import re
 import resource
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hostile_torchserve as servers  # noqa: E402
 
-HOST = "127.0.0.1"
-MODELS = ["echo", "echo2"]
-ECHO = textwrap.dedent('''
-    class Echo:
-        def initialize(self, context):
-            pass
-
-        def handle(self, data, context):
-            return [{"echo": row.get("body")} for row in data]
-''')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def build_store(root: Path) -> Path:
-    """One tiny archive (no torch: it loads in a blink), served under two names."""
-    from modelserve.archive import create_archive
-
-    store, src = root / "store", root / "src"
-    store.mkdir()
-    src.mkdir()
-    (src / "echo.py").write_text(ECHO)
-    (src / "model-config.yaml").write_text("batchSize: 8\nmaxBatchDelay: 5\n")
-    create_archive(model_name="echo", version="1.0", handler=str(src / "echo.py"),
-                   config_file=src / "model-config.yaml", export_path=store)
-    return store
-
-
-class Server:
-    def __init__(self, root: Path, store: Path, nofile: int, extra: dict) -> None:
-        self.ports = [free_port() for _ in range(4)]
-        self.root, self.nofile = root, nofile
-        config = {
-            "inference_port": self.ports[0], "management_port": self.ports[1],
-            "metrics_port": self.ports[2], "grpc_inference_port": self.ports[3],
-            "model_store": str(store), "load_models": [f"{m}=echo.mar" for m in MODELS],
-            "workdir": str(root / "work"), "log_level": "warning",
-            "disable_token_auth": True, "model_snapshot": False, **extra,
-        }
-        (root / "config.yaml").write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> float:
-        """Start; seconds until /ping answers 200 (inf: not within 120 s)."""
-        def limited() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
-
-        started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelserve", "start", "--config",
-             str(self.root / "config.yaml")], preexec_fn=limited,
-            stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT)
-        while time.monotonic() - started < 120:
-            try:
-                if self.get(self.ports[0], "/ping")[0] == 200:
-                    return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return float("inf")
-
-    def get(self, port: int, path: str) -> tuple[int, str]:
-        """(status, body); (0, "") when the server cannot be reached (out of descriptors)."""
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
-
-    def models(self) -> list[str] | None:
-        """The registered models; None when the server cannot be reached."""
-        status, body = self.get(self.ports[1], "/models")
-        return [m["modelName"] for m in json.loads(body)["models"]] if status == 200 else None
-
-    def metrics(self) -> dict[str, float]:
-        text = self.get(self.ports[2], "/metrics")[1]
-        out: Counter[str] = Counter()
-        for line in text.splitlines():
-            match = re.match(r"(modelserve_http_\w+)(\{[^}]*\})? (\S+)$", line)
-            if match:
-                labels = match.group(2) or ""
-                phase = re.search(r'(?:phase|state)="(\w+)"', labels)
-                key = match.group(1) + (f":{phase.group(1)}" if phase else "")
-                out[key] += float(match.group(3))
-        return dict(out)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
+HOST = servers.HOST
 
 
 # -- the attackers (a process of their own: their loop must not slow the normal clients) -----
-async def _slow_client(port: int, interval: float, stop: asyncio.Event,
+async def _slow_client(port: int, path: str, interval: float, stop: asyncio.Event,
                        seen: Counter[str], jitter: bool) -> None:
     if jitter:  # spread the clients' ticks over the interval instead of all at once
         await asyncio.sleep(random.random() * interval)
     while not stop.is_set():
         try:
             reader, writer = await asyncio.open_connection(HOST, port)
-            writer.write(b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\n")
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode())
             seen["connected"] += 1
+            seen["open"] += 1  # a gauge: still open when the counters are read
         except OSError:
             seen["connect_failed"] += 1
             await asyncio.sleep(interval)
@@ -161,16 +79,21 @@ async def _slow_client(port: int, interval: float, stop: asyncio.Event,
                 writer.write(b"X-Slow: 1\r\n")  # one more header line, never the blank one
                 continue
             except OSError:
-                data = b""
-            seen[{b"HTTP/1.1 408": "closed_408", b"HTTP/1.1 503": "closed_503"}.get(
-                data[:12], "closed_plain")] += 1
+                data = None
+            seen["closed_reset" if data is None else "closed_eof" if not data else
+                 f"closed_{data[9:12].decode(errors='replace')}"
+                 if data.startswith(b"HTTP/1.") else "closed_other"] += 1
             break
+        seen["open"] -= 1
         writer.close()
         await asyncio.sleep(interval)  # reconnects at its next tick, as slowloris does
 
 
-def _attack(port: int, count: int, interval: float, jitter: bool,
-            stop_flag: multiprocessing.Event, results: multiprocessing.Queue) -> None:
+def _attack(port: int, path: str, count: int, interval: float, jitter: bool,
+            stop_flag: multiprocessing.Event, snap_flag: multiprocessing.Event,
+            results: multiprocessing.Queue) -> None:
+    """The slow clients until ``stop_flag``; their counters go to ``results`` whenever
+    ``snap_flag`` is set, and once more at the end."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -179,11 +102,14 @@ def _attack(port: int, count: int, interval: float, jitter: bool,
         stop = asyncio.Event()
         tasks = []
         for i in range(count):  # ramp up: all open within about a second
-            tasks.append(asyncio.create_task(_slow_client(port, interval, stop, seen,
+            tasks.append(asyncio.create_task(_slow_client(port, path, interval, stop, seen,
                                                           jitter)))
             if i % 100 == 99:
                 await asyncio.sleep(0.1)
         while not stop_flag.is_set():
+            if snap_flag.is_set():
+                results.put(dict(seen))
+                snap_flag.clear()
             await asyncio.sleep(0.2)
         stop.set()
         for task in tasks:
@@ -201,11 +127,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _normal(port: int, seconds: float, concurrency: int, rate: float | None) -> dict:
+async def _normal(port: int, path: str, body: bytes, seconds: float, concurrency: int,
+                  rate: float | None) -> dict:
     """``concurrency`` clients, each sending its next request when the last is answered or,
     with ``rate``, at its share of that many requests a second."""
-    body = b'{"x": 1}'
-    request = (f"POST /predictions/echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: "
+    request = (f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: "
                f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
@@ -265,8 +191,147 @@ async def _normal(port: int, seconds: float, concurrency: int, rate: float | Non
     }
 
 
+def run_server(server: servers.Server, args: argparse.Namespace) -> dict:
+    """The three phases against one server; what it saw (a phase that failed: "error")."""
+    path, body = f"/predictions/{servers.LOAD_MODEL}", servers.body()
+    load = (path, body)
+    report: dict = {}
+    attack = None
+    ctx = multiprocessing.get_context("spawn")
+    stop, snap, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    try:
+        report["start_s"] = round(server.start(), 2)
+        if report["start_s"] == float("inf"):
+            raise RuntimeError("no /ping 200 within 180 s of starting")
+        port, pid = server.ports[0], server.frontend()
+        before = cpu_s(pid)
+        report["baseline"] = asyncio.run(_normal(port, *load, args.baseline,
+                                                 args.concurrency, args.rate))
+        report["baseline"]["server_cpu_s"] = round(cpu_s(pid) - before, 1)
+        attack = ctx.Process(target=_attack, args=(port, path, args.attackers, args.interval,
+                                                   args.jitter, stop, snap, results))
+        attack.start()
+        time.sleep(3)  # the attackers are in
+        before, attack_before = cpu_s(pid), cpu_s(attack.pid or 0)
+        report["attack"] = asyncio.run(_normal(port, *load, args.duration, args.concurrency,
+                                               args.rate))
+        report["attack"]["server_cpu_s"] = round(cpu_s(pid) - before, 1)
+        report["attack"]["attackers_cpu_s"] = round(cpu_s(attack.pid or 0) - attack_before, 1)
+        snap.set()
+        report["slow_at_attack_end"] = results.get(timeout=60)
+        if server.kind == "modelserve":
+            report["server_counters"] = server.metrics()
+        report["models_after_attack"] = server.ready_models()
+        report["stop_s"] = round(server.stop(), 2)  # restart while the attackers go on
+        report["restart_ready_s"] = round(server.start(), 2)
+        time.sleep(args.settle)
+        loaded = server.ready_models() if server.alive() else None
+        report["models_after_restart"] = loaded  # None: the server could not be reached
+        report["after_restart"] = asyncio.run(_normal(port, *load, 10, args.concurrency,
+                                                      args.rate))
+        stop.set()
+        report["attackers_seen"] = results.get(timeout=60)
+        attack.join(30)
+        left, since = None, time.monotonic()  # a server out of descriptors answers again
+        while time.monotonic() - since < max(2.0, args.settle):
+            time.sleep(1)
+            left = server.ready_models()
+            if left is not None and set(server.expected) <= set(left):
+                break
+        report["models_after_attackers_left"] = left
+        report["models_lost"] = (None if left is None  # unknown: unreachable even now
+                                 else len(set(server.expected) - set(left)))
+    except Exception as exc:  # the other server still runs; the table shows what is known
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        stop.set()
+        if attack is not None and attack.is_alive():
+            attack.terminate()
+        server.stop()
+        report["log_tail"] = server.log_tail()
+    base = report.get("baseline", {}).get("p99_ms")
+    hit = report.get("attack", {}).get("p99_ms")
+    report["p99_ratio"] = round(hit / base, 2) if base and hit else None
+    return report
+
+
+def _pick(report: dict, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(report, dict) or key not in report:
+            return None
+        report = report[key]
+    return report
+
+
+def _slow(r: dict, *keys: str) -> int | None:
+    seen = r.get("slow_at_attack_end")
+    return sum(v for k, v in seen.items() if k in keys) if seen is not None else None
+
+
+def _other(r: dict) -> int | None:
+    seen = r.get("slow_at_attack_end")
+    known = {"connected", "open", "connect_failed", "closed_408", "closed_503",
+             "closed_reset", "closed_eof"}
+    return sum(v for k, v in seen.items() if k not in known) if seen is not None else None
+
+
+def _ready(r: dict, key: str, expected: int) -> str | None:
+    return None if r.get(key) is None else f"{len(r[key])}/{expected}"
+
+
+ROWS = [
+    ("start: s to /ping 200", lambda r, n: r.get("start_s")),
+    ("baseline: requests", lambda r, n: _pick(r, "baseline", "requests")),
+    ("baseline: answered %", lambda r, n: _pick(r, "baseline", "answered_pct")),
+    ("baseline: p50 / p99 ms", lambda r, n: f"{_pick(r, 'baseline', 'p50_ms')} / "
+     f"{_pick(r, 'baseline', 'p99_ms')}"),
+    ("attack: requests", lambda r, n: _pick(r, "attack", "requests")),
+    ("attack: answered % (goal >= 99)", lambda r, n: _pick(r, "attack", "answered_pct")),
+    ("attack: p50 / p99 ms", lambda r, n: f"{_pick(r, 'attack', 'p50_ms')} / "
+     f"{_pick(r, 'attack', 'p99_ms')}"),
+    ("attack: p99 / baseline p99 (goal <= 1.2)", lambda r, n: r.get("p99_ratio")),
+    ("attack: /ping probes answered", lambda r, n: None if "attack" not in r else
+     f"{r['attack']['probes']['answered_200']}/{r['attack']['probes']['sent']}"),
+    ("attack: server CPU s", lambda r, n: _pick(r, "attack", "server_cpu_s")),
+    ("slow conns: connections made", lambda r, n: _slow(r, "connected")),
+    ("slow conns: ended by 408", lambda r, n: _slow(r, "closed_408")),
+    ("slow conns: ended by 503", lambda r, n: _slow(r, "closed_503")),
+    ("slow conns: ended by reset / EOF", lambda r, n: _slow(r, "closed_reset", "closed_eof")),
+    ("slow conns: ended otherwise", lambda r, n: _other(r)),
+    ("slow conns: still open", lambda r, n: _slow(r, "open")),
+    ("slow conns: connects refused", lambda r, n: _slow(r, "connect_failed")),
+    ("models READY after attack", lambda r, n: _ready(r, "models_after_attack", n)),
+    ("restart: s to stop", lambda r, n: r.get("stop_s")),
+    ("restart: s to /ping 200", lambda r, n: r.get("restart_ready_s")),
+    ("restart: models READY after settle", lambda r, n: _ready(r, "models_after_restart", n)),
+    ("models READY once attackers left", lambda r, n: _ready(r, "models_after_attackers_left",
+                                                             n)),
+    ("models lost (goal 0)", lambda r, n: r.get("models_lost")),
+    ("after restart: answered %", lambda r, n: _pick(r, "after_restart", "answered_pct")),
+]
+
+
+def table(reports: dict[str, dict], expected: int) -> str:
+    """One row a measure, one column a server ("-": not measured)."""
+    def cell(value: object) -> str:
+        return "-" if value is None or value == "None / None" else str(value)
+
+    width = max(len(label) for label, _ in ROWS)
+    lines = [f"{'':{width}}" + "".join(f"  {name:>14}" for name in reports)]
+    for label, get in ROWS:
+        lines.append(f"{label:{width}}" + "".join(f"  {cell(get(r, expected)):>14}"
+                                                   for r in reports.values()))
+    for name, r in reports.items():
+        if "error" in r:
+            lines.append(f"{name}: {r['error']}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=[*servers.SERVERS, "both"], default="both")
+    parser.add_argument("--ts-venv", type=Path, default=servers.DEFAULT_VENV,
+                        help="TorchServe 0.12's venv (built by ts_dropin_setup if missing)")
     parser.add_argument("--attackers", type=int, default=1100)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--jitter", action="store_true",
@@ -279,64 +344,30 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=75.0,
                         help="seconds of load beside the attackers (the deadline is 60 s)")
     parser.add_argument("--settle", type=float, default=30.0)
-    parser.add_argument("--config", default="{}", help="extra server settings, JSON")
+    parser.add_argument("--config", default="{}", help="extra modelserve settings, JSON")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    venv = args.ts_venv.absolute()
+    servers.ts_venv(venv)
+    kinds = list(servers.SERVERS) if args.server == "both" else [args.server]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     report: dict = {"attackers": args.attackers, "nofile": args.nofile,
                     "interval_s": args.interval, "concurrency": args.concurrency,
-                    "rate": args.rate, "jitter": args.jitter}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        store = build_store(root)
-        server = Server(root, store, args.nofile, json.loads(args.config))
-        attack = None
-        try:
-            report["start_s"] = round(server.start(), 2)
-            port = server.ports[0]
-            pid = server.proc.pid if server.proc else 0
-            before = cpu_s(pid)
-            report["baseline"] = asyncio.run(_normal(port, args.baseline, args.concurrency,
-                                                     args.rate))
-            report["baseline"]["server_cpu_s"] = round(cpu_s(pid) - before, 1)
-            ctx = multiprocessing.get_context("spawn")
-            stop, results = ctx.Event(), ctx.Queue()
-            attack = ctx.Process(target=_attack, args=(port, args.attackers, args.interval,
-                                                       args.jitter, stop, results))
-            attack.start()
-            time.sleep(3)  # the attackers are in
-            before, attack_before = cpu_s(pid), cpu_s(attack.pid or 0)
-            report["attack"] = asyncio.run(_normal(port, args.duration, args.concurrency,
-                                                   args.rate))
-            report["attack"]["server_cpu_s"] = round(cpu_s(pid) - before, 1)
-            report["attack"]["attackers_cpu_s"] = round(cpu_s(attack.pid or 0)
-                                                        - attack_before, 1)
-            report["server_counters"] = server.metrics()
-            report["models_after_attack"] = server.models()
-            server.stop()  # restart while the attackers go on
-            report["restart_ready_s"] = round(server.start(), 2)
-            time.sleep(args.settle)
-            loaded = server.models() if server.proc and server.proc.poll() is None else None
-            report["models_after_restart"] = loaded  # None: the server could not be reached
-            report["models_lost"] = (None if loaded is None  # unknown: unreachable
-                                     else len(MODELS) - len(set(loaded) & set(MODELS)))
-            report["after_restart"] = asyncio.run(_normal(port, 10, args.concurrency,
-                                                          args.rate))
-            stop.set()
-            report["attackers_seen"] = results.get(timeout=60)
-            attack.join(30)
-        finally:
-            if attack is not None and attack.is_alive():
-                attack.terminate()
-            server.stop()
-            report["log_tail"] = (root / "server.log").read_text(errors="replace")[-1500:]
-    base, hit = report["baseline"]["p99_ms"], report["attack"]["p99_ms"]
-    report["p99_ratio"] = round(hit / base, 2) if base and hit else None
+                    "rate": args.rate, "jitter": args.jitter, "servers": {}}
+    with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
+        work = Path(tmp)
+        store, archives = servers.build_store(venv, work)
+        report["models"] = list(archives)
+        for kind in kinds:
+            print(f"{kind}: baseline, attack, restart", file=sys.stderr, flush=True)
+            server = servers.Server(kind, work / kind, store, archives, venv,
+                                    args.nofile, json.loads(args.config))
+            report["servers"][kind] = run_server(server, args)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=2))
+    print(table(report["servers"], len(report["models"])))
 
 
 if __name__ == "__main__":
