@@ -85,7 +85,7 @@ image:
 test: install-dev
 	$(BIN)/ruff check modelserve tests bench docker docs
 	nice -n 10 bash docker/engine.sh images $(IMAGE) >$(VENV)/images.log 2>&1 & \
-	$(BIN)/python -m pytest -q; status=$$?; wait; exit $$status
+	$(BIN)/python -m pytest -q --durations=15; status=$$?; wait; exit $$status
 
 test-unit: install-dev
 	$(BIN)/python -m pytest -q tests/unit

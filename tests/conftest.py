@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,10 +46,36 @@ ECHO_HANDLER = textwrap.dedent('''
 ''')
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, below the kernel's ephemeral range and not handed out
+    before in this run. A port the kernel picks (bind to 0) is one any outgoing connection
+    may take as its own local port before the server binds it (a CI run lost a test to
+    that: "address already in use"); below the range only another listener can."""
+    for _ in range(1000 if _EPHEMERAL_LOW > 12000 else 0):
+        port = random.randrange(10000, _EPHEMERAL_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # no room below the range (or every try taken): the kernel's
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def ppid(pid: int) -> int:
