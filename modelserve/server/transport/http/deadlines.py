@@ -240,25 +240,49 @@ class ConnectionWatch:
             }).decode())
 
 
-class GuardedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a ConnectionWatch (``guard``: set per listener)."""
+class _Watched:
+    """What both guarded protocols do around uvicorn's: the transport that sends a head and
+    its body as one write, and the ConnectionWatch fed the connection's life."""
 
     guard: ClassVar[Guard]
     watch: ConnectionWatch
+    transport: Any
+    loop: asyncio.AbstractEventLoop
 
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+    def _watch(self, transport: Any) -> ConnectionWatch:
+        """After uvicorn's connection_made: wrap its transport, watch the connection."""
+        self.transport = CoalescingTransport(transport, self.loop)
         self.watch = ConnectionWatch(self, self.guard)
-        self.watch.start()
+        return self.watch
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.watch.closed()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         self.watch.received()
+
+    def on_response_complete(self) -> None:
+        self.watch.response_done()
+        super().on_response_complete()  # type: ignore[misc]
+
+    def handle_websocket_upgrade(self, *event: Any) -> None:
+        """Handed to the WebSocket protocol: no longer watched, on the socket's own transport
+        (what the HTTP side held is sent first)."""
+        self.watch.closed()
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()
+            self.transport = self.transport.raw
+        super().handle_websocket_upgrade(*event)  # type: ignore[misc]
+
+
+class GuardedHttpTools(_Watched, HttpToolsProtocol):
+    """uvicorn's httptools protocol with a ConnectionWatch (``guard``: set per listener)."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._watch(transport).start()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -268,27 +292,14 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
         self.watch.body_done()
 
-    def on_response_complete(self) -> None:
-        self.watch.response_done()
-        super().on_response_complete()
 
-    def handle_websocket_upgrade(self) -> None:
-        self.watch.closed()
-        self.transport = _unwrapped(self.transport)
-        super().handle_websocket_upgrade()
-
-
-class GuardedH11(H11Protocol):
+class GuardedH11(_Watched, H11Protocol):
     """uvicorn's h11 protocol with a ConnectionWatch: h11 has no parser callbacks, so its
     connection's ``next_event`` is observed instead (body bytes: ``received``)."""
 
-    guard: ClassVar[Guard]
-    watch: ConnectionWatch
-
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
-        watch = self.watch = ConnectionWatch(self, self.guard)
+        watch = self._watch(transport)
         next_event = self.conn.next_event
 
         def observed() -> Any:
@@ -302,31 +313,6 @@ class GuardedH11(H11Protocol):
 
         self.conn.next_event = observed  # type: ignore[method-assign]
         watch.start()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.watch.closed()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self.watch.received()
-
-    def on_response_complete(self) -> None:
-        self.watch.response_done()
-        super().on_response_complete()
-
-    def handle_websocket_upgrade(self, event: h11.Request) -> None:
-        self.watch.closed()
-        self.transport = _unwrapped(self.transport)
-        super().handle_websocket_upgrade(event)
-
-
-def _unwrapped(transport: Any) -> Any:
-    """A WebSocket takes the socket's own transport (what the HTTP side held is sent)."""
-    if isinstance(transport, CoalescingTransport):
-        transport.flush()
-        return transport.raw
-    return transport
 
 
 PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
