@@ -58,21 +58,13 @@ from serve_bench import (  # noqa: E402
     run_load,
     scale,
 )
+from ts_dropin_setup import LOG4J2  # noqa: E402  (TorchServe's logging at WARN)
 
 from modelserve.archive import create_archive  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {"digits": [1, 8, 8], "resnet": [3, 64, 64]}
 TOP_K = {"digits": 1, "resnet": 5}
-LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
-  <Appenders><Console name="STDOUT" target="SYSTEM_OUT">
-    <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/></Console></Appenders>
-  <Loggers><Root level="warn"><AppenderRef ref="STDOUT"/></Root></Loggers>
-</Configuration>
-"""
-
-
 def tree_pss_mb(pid: int) -> float:
     """Sum of PSS over a process tree: shared libraries count once across processes."""
     return pss_mb([pid, *descendants(pid)])
