@@ -5,6 +5,7 @@ grow; an explicit scale call pins the count. Every request is checked: none is l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -283,29 +284,45 @@ def test_busy_models_share_the_cores_and_one_alone_gets_them_back(start):
     assert [a for a in loads[0].end() + pinned if a[0] != 200] == []
 
 
-def test_the_worker_runs_on_the_threads_its_pool_now_wants():
-    """The frontend's threads frame reaches the lanes: fewer threads close the extra lanes."""
+@contextlib.contextmanager
+def busy_gate(threads: int) -> Iterator[tuple[socket.socket, Channel, lanes.Gate]]:
+    """A worker's adaptive gate of two lanes on ``threads``, fed SETTLE busy batches (the
+    level that opens lanes where threads allow), with the frontend's end of its socket."""
     frontend, worker = socket.socketpair()
     try:
         channel = Channel(worker)
-        gate = lanes.Gate(channel, 2, adaptive=True, threads=2)
+        gate = lanes.Gate(channel, 2, adaptive=True, threads=threads)
         channel.on_threads = gate.set_threads
-        for _ in range(lanes.SETTLE):
-            gate.record(True, 0.0, 0.035, 0.030)
-        assert gate.open == 2
-        frontend.sendall(ipc.encode({"op": "threads", "n": 1}))
-        frontend.sendall(ipc.encode({"op": "infer", "id": 1, "reqs": []}))
-        assert channel.next_batch()["id"] == 1
-        assert (gate.threads, gate.open, gate.threads_for(0)) == (1, 1, 1)
+        busy(gate)
         frontend.settimeout(5)
-        ipc.recv_frame(frontend)  # lanes 2 when they opened
-        assert ipc.recv_frame(frontend) == {"op": "lanes", "n": 1}
-        for _ in range(lanes.SETTLE):  # busy again: no more lanes than threads
-            gate.record(True, 0.0, 0.035, 0.030)
-        assert gate.open == 1
+        yield frontend, channel, gate
     finally:
         frontend.close()
         worker.close()
+
+
+def busy(gate: lanes.Gate) -> None:
+    for _ in range(lanes.SETTLE):
+        gate.record(True, 0.0, 0.035, 0.030)
+
+
+def new_threads(frontend: socket.socket, channel: Channel, n: int) -> None:
+    """The frontend says ``n`` threads; the worker reads it with its next batch."""
+    frontend.sendall(ipc.encode({"op": "threads", "n": n}))
+    frontend.sendall(ipc.encode({"op": "infer", "id": 1, "reqs": []}))
+    assert channel.next_batch()["id"] == 1
+
+
+def test_the_worker_runs_on_the_threads_its_pool_now_wants():
+    """The frontend's threads frame reaches the lanes: fewer threads close the extra lanes."""
+    with busy_gate(threads=2) as (frontend, channel, gate):
+        assert gate.open == 2
+        new_threads(frontend, channel, 1)
+        assert (gate.threads, gate.open, gate.threads_for(0)) == (1, 1, 1)
+        ipc.recv_frame(frontend)  # lanes 2 when they opened
+        assert ipc.recv_frame(frontend) == {"op": "lanes", "n": 1}
+        busy(gate)  # busy again: no more lanes than threads
+        assert gate.open == 1
 
 
 def test_a_worker_started_among_several_opens_its_lanes_once_it_serves_alone():
@@ -313,22 +330,9 @@ def test_a_worker_started_among_several_opens_its_lanes_once_it_serves_alone():
     would get alone): one stays open until the pool shrinks and its threads frame says two
     (before, it kept one lane on two threads: the bench's step at 66 % of the best fixed)."""
     assert lanes.plan(lanes.AUTO, True, None, max(1, 2)) == 2
-    frontend, worker = socket.socketpair()
-    try:
-        channel = Channel(worker)
-        gate = lanes.Gate(channel, 2, adaptive=True, threads=1)
-        channel.on_threads = gate.set_threads
-        for _ in range(lanes.SETTLE):
-            gate.record(True, 0.0, 0.035, 0.030)
+    with busy_gate(threads=1) as (frontend, channel, gate):
         assert gate.open == 1  # one thread: one lane
-        frontend.sendall(ipc.encode({"op": "threads", "n": 2}))
-        frontend.sendall(ipc.encode({"op": "infer", "id": 1, "reqs": []}))
-        assert channel.next_batch()["id"] == 1
-        for _ in range(lanes.SETTLE):
-            gate.record(True, 0.0, 0.035, 0.030)
+        new_threads(frontend, channel, 2)
+        busy(gate)
         assert (gate.open, gate.threads_for(0), gate.threads_for(1)) == (2, 1, 1)
-        frontend.settimeout(5)
         assert ipc.recv_frame(frontend) == {"op": "lanes", "n": 2}
-    finally:
-        frontend.close()
-        worker.close()
