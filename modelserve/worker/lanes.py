@@ -23,6 +23,12 @@ pay: a batch is already waiting whenever lane 0 asks for one, and the model call
 batch (lanes that mostly run Python only queue for the GIL) and more than a millisecond.
 Opened where they do not pay, they cost: digits (a model call of ~0.1 ms, the frontend the
 bottleneck) went from 6.1k to 5.1k req/s, p99 x4, with two lanes open.
+
+A lone lane runs on all the worker's threads only where the model's work pays for an OpenMP
+team (``Gate.wide``): a team meets at every operator, so a call of ~0.1 ms gains nothing from
+it, and its idle thread's short spin before sleeping (``process.preset_thread_env``) is taken
+from the frontend. A handler whose work per batch (CPU time on one thread) is WIDE_OPEN_S or
+more gets all of them (resnet at batch 1, two cores: 17 ms on one thread, 9-11 ms on two).
 """
 
 from __future__ import annotations
@@ -57,6 +63,11 @@ QUEUED_OPEN, BUSY_CLOSE = 0.9, 1.0
 SHARE_OPEN, SHARE_CLOSE = 0.6, 0.4
 MODEL_OPEN, MODEL_CLOSE = 0.001, 0.0005
 SETTLE, SMOOTHING, IDLE_S = 16, 0.2, 1.0
+# A lone lane's team: all the threads from a handler's work per batch of WIDE_OPEN_S (CPU s on
+# one thread), back to one below WIDE_CLOSE_S. The work is estimated as the lane thread's CPU
+# time x the threads it ran on (CPU, not wall time: a busy machine does not inflate it), about
+# its CPU time on one thread, so neither change undoes itself.
+WIDE_OPEN_S, WIDE_CLOSE_S = 0.002, 0.001
 
 
 def plan(requested: int, thread_safe: bool, gpu: int | None, threads: int) -> int:
@@ -100,11 +111,14 @@ class Gate:
         self.adaptive = adaptive and lanes > 1
         self.open = 1 if self.adaptive else lanes
         self.most = max(1, min(lanes, threads))  # the most lanes auto opens: one a thread
+        self.wide = True  # a lone lane runs on all the threads (until its work proves small)
         self.queued = 0.0  # moving averages
         self.busy = 0.0
         self.share = 0.0
         self.model_s = 0.0
+        self.work = 0.0
         self._since = 0  # batches since the last change
+        self._wide_since = 0  # batches since the last change of ``wide``
         self._channel = channel
         self._cond = threading.Condition()
 
@@ -118,10 +132,30 @@ class Gate:
         return not self._channel.closed
 
     def threads_for(self, index: int) -> int:
-        """The torch threads lane ``index`` runs its next batch on: all of the worker's while
-        it is the only lane open (a lone lane on one thread would leave cores idle at low
-        load), its share once others are open."""
-        return self.threads if self.open == 1 else threads_each(self.threads, self.lanes, index)
+        """The torch threads lane ``index`` runs its next batch on: while it is the only lane
+        open, all of the worker's for a model whose work pays for them (a lone lane on one
+        thread would leave cores idle at low load), else one; its share once others are
+        open."""
+        if self.open == 1:
+            return self.threads if self.wide else 1
+        return threads_each(self.threads, self.lanes, index)
+
+    def weigh(self, cpu_s: float, threads: int) -> None:
+        """A lane's batch took ``cpu_s`` of its thread's CPU time on a team of ``threads``:
+        keep ``wide`` where such work pays for a team."""
+        with self._cond:
+            work = cpu_s * threads
+            first = self._wide_since == 0
+            self.work = work if first else self.work + SMOOTHING * (work - self.work)
+            self._wide_since += 1
+            if self._wide_since < SETTLE:
+                return
+            want = self.work >= (WIDE_CLOSE_S if self.wide else WIDE_OPEN_S)
+            if want != self.wide:
+                self.wide, self._wide_since = want, 1
+                log.info("a lone batch lane runs on %s: the handler's work is %.2f ms a batch",
+                         f"all {self.threads} threads" if want else "one thread",
+                         self.work * 1000)
 
     def set_threads(self, threads: int) -> None:
         """The frontend's pool grew or shrank: the lanes run their next batches on a share
@@ -197,7 +231,7 @@ def _lane(channel: Channel, runner: BatchRunner, gate: Gate, index: int) -> None
             queued, waiting = gate.adaptive and channel.ready(), time.perf_counter()
             if (msg := channel.next_batch()) is None:
                 break
-            _run(channel, runner, gate, msg, queued, time.perf_counter() - waiting)
+            _run(channel, runner, gate, msg, queued, time.perf_counter() - waiting, threads)
     except (BrokenPipeError, ConnectionResetError):
         channel.closed = True  # the frontend is gone; the other lanes end with their batch
         gate.wake()
@@ -211,15 +245,16 @@ def _lane(channel: Channel, runner: BatchRunner, gate: Gate, index: int) -> None
 
 
 def _run(channel: Channel, runner: BatchRunner, gate: Gate, msg: dict[str, Any],
-         queued: bool, waited_s: float) -> None:
+         queued: bool, waited_s: float, threads: int) -> None:
     runner.streamer.begin(msg["id"], len(msg["reqs"]))
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         out = runner.run_batch(msg["reqs"])
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
         metrics = runner.context.metrics.drain()
         channel.send({"op": "result", "id": msg["id"], "out": out, "ms": seconds * 1000,
                       "metrics": metrics})
     finally:
         runner.streamer.end()
     gate.record(queued, waited_s, seconds, model_clock.take())
+    gate.weigh(cpu, threads)

@@ -165,6 +165,45 @@ def test_gate_keeps_one_lane_where_more_would_not_pay(pair, queued, waited, batc
     assert gate.open == 1
 
 
+@pytest.mark.parametrize("adaptive, lanes_", [(True, 2), (False, 1)])
+def test_a_lone_lane_runs_a_small_model_on_one_thread(pair, adaptive, lanes_):
+    """Batches of 0.3 ms of CPU on two threads (0.6 ms of work at most) gain nothing from an
+    OpenMP team: after SETTLE batches lane 0 runs on one thread, also in a worker of one lane
+    (a TorchServe handler); its work on one thread stays under WIDE_OPEN_S, so it stays."""
+    _, channel = pair
+    gate = lanes.Gate(channel, lanes_, adaptive=adaptive, threads=2)
+    for _ in range(lanes.SETTLE - 1):
+        gate.weigh(0.0003, threads=2)
+    assert gate.threads_for(0) == 2  # not judged before SETTLE batches
+    gate.weigh(0.0003, threads=2)
+    assert gate.threads_for(0) == 1 and not gate.wide
+    for _ in range(lanes.SETTLE * 2):  # the same work on one thread: 0.6 ms
+        gate.weigh(0.0006, threads=1)
+    assert gate.threads_for(0) == 1
+
+
+def test_a_lone_lane_goes_back_to_all_threads_when_the_work_grows(pair):
+    """Work of 1.5 ms (between the levels) keeps each state; 5 ms on one thread (a heavier
+    input) pays for the team again; resnet's 10 ms on two threads keeps it."""
+    _, channel = pair
+    gate = lanes.Gate(channel, 1, adaptive=False, threads=2)
+    for _ in range(lanes.SETTLE):
+        gate.weigh(0.00075, threads=2)  # 1.5 ms of work: stays wide
+    assert gate.wide
+    for _ in range(lanes.SETTLE * 2):
+        gate.weigh(0.0003, threads=2)
+    assert not gate.wide
+    for _ in range(lanes.SETTLE * 2):
+        gate.weigh(0.0015, threads=1)  # 1.5 ms: stays on one
+    assert not gate.wide
+    for _ in range(lanes.SETTLE * 2):
+        gate.weigh(0.005, threads=1)
+    assert gate.wide and gate.threads_for(0) == 2
+    for _ in range(lanes.SETTLE * 2):
+        gate.weigh(0.010, threads=2)
+    assert gate.wide
+
+
 def test_gate_asked_for_a_count_keeps_it_and_parked_lanes_end_at_close(pair):
     _, channel = pair
     fixed = lanes.Gate(channel, 3, adaptive=False)
@@ -203,13 +242,16 @@ class SpyGate(lanes.Gate):
 
 
 class ThreadsRunner:
-    """A batch runner that answers with the torch threads its lane runs the batch on."""
+    """A batch runner that answers with the torch threads its lane runs the batch on, after
+    ``delay`` s (off the GIL, like a model call)."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, delay: float = 0.0) -> None:
         self.streamer = Streamer(channel)
         self.context = SimpleNamespace(metrics=SimpleNamespace(drain=lambda: []))
+        self.delay = delay
 
     def run_batch(self, reqs: list) -> list:
+        time.sleep(self.delay)
         return [torch.get_num_threads()]
 
 
@@ -217,7 +259,9 @@ def test_a_lane_runs_on_its_share_of_threads_and_parked_time_is_not_waiting(pair
     frontend, channel = pair
     gate = SpyGate(channel, 2, adaptive=True, threads=2)
     gate.waits, gate.queues = [], []
-    runners = [ThreadsRunner(channel), ThreadsRunner(channel)]
+    # batches that take a while: a lane that is done at once could take batch 3 too before
+    # the other lane, woken, gets to read it
+    runners = [ThreadsRunner(channel, 0.05), ThreadsRunner(channel, 0.05)]
     lane1 = threading.Thread(target=lanes._lane, args=(channel, runners[1], gate, 1))
     lane1.start()
     send(frontend, infer(1))
@@ -245,6 +289,20 @@ def test_a_lane_runs_on_its_share_of_threads_and_parked_time_is_not_waiting(pair
     assert len(waits) == 5 and waits[-1] > 0.6 and waits[-2] < 0.5, waits
     # batch 1 was there before lane 0 asked; batches 2 and 3 came while both lanes waited
     assert gate.queues[:3] == [True, False, False], gate.queues
+
+
+def test_a_worker_of_one_lane_moves_a_light_handler_to_one_thread(pair):
+    """Through the lane loop: batches that take microseconds run on both threads until
+    SETTLE of them were weighed, then on one."""
+    frontend, channel = pair
+    gate = lanes.Gate(channel, 1, adaptive=False, threads=2)
+    lane = threading.Thread(target=lanes._lane, args=(channel, ThreadsRunner(channel), gate, 0))
+    lane.start()
+    send(frontend, *(infer(i) for i in range(lanes.SETTLE + 2)))
+    seen = [read_frame(frontend)["out"][0] for _ in range(lanes.SETTLE + 2)]
+    send(frontend, {"op": "stop"})
+    lane.join(5)
+    assert seen == [2] * lanes.SETTLE + [1, 1] and not lane.is_alive()
 
 
 def test_model_clock_is_per_thread():
