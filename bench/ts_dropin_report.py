@@ -66,7 +66,7 @@ def goals(rows: list[dict]) -> str:
                 continue
             ratio = ms / ts
             met = ratio >= want if above else ratio <= want
-            out.append(f"{model:10} c={c:<3} {key:4} {ratio:5.2f}x TorchServe "
+            out.append(f"{model:10} c={c:<3} {key:4} {ratio:6.3f}x TorchServe "
                        f"({'≥' if above else '≤'} {want}x: {'met' if met else 'NOT met'})")
     return "\n".join(out)
 
