@@ -65,6 +65,8 @@ from modelserve.archive import create_archive  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SHAPES = {"digits": [1, 8, 8], "resnet": [3, 64, 64]}
 TOP_K = {"digits": 1, "resnet": 5}
+
+
 def tree_pss_mb(pid: int) -> float:
     """Sum of PSS over a process tree: shared libraries count once across processes."""
     return pss_mb([pid, *descendants(pid)])
