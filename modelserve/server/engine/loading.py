@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -138,14 +137,15 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
     )
     metrics = server_metrics.for_version(name, version)
 
-    def on_batch_done(jobs: list[Job], handler_ms: float, custom: list[Any]) -> None:
+    def on_batch_done(jobs: list[Job], handler_ms: float, custom: list[Any],
+                      done_at: float) -> None:
         metrics.executions += 1
         metrics.batch_size.observe(len(jobs))
         metrics.handler_time.observe(handler_ms / 1000.0)
         if custom:
             server_metrics.custom.record(custom)
         if metrics.log is not None:  # metrics_mode log: TorchServe's metric lines
-            round_trip_ms = (time.perf_counter() - jobs[0].dispatched) * 1000 if jobs else 0.0
+            round_trip_ms = (done_at - jobs[0].dispatched) * 1000 if jobs else 0.0
             metrics.log.batch(name, [job.request_id for job in jobs], handler_ms,
                               round_trip_ms, custom)
 

@@ -32,7 +32,7 @@ def cpu_count() -> int:
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, threads: Callable[[int], int],
                  on_change: Callable[[], None],
-                 on_batch_done: Callable[[list[Job], float, list[Any]], None],
+                 on_batch_done: Callable[[list[Job], float, list[Any], float], None],
                  zygote: Zygote | None = None) -> None:
         """``threads(workers)`` says, when a worker starts, how many threads it should use
         while its version wants ``workers`` workers; workers are forked by ``zygote`` when

@@ -67,8 +67,7 @@ async def spawn_process(argv: list[str], fd: int,
     """Start one worker interpreter (the one OS call tests may replace)."""
     return await asyncio.create_subprocess_exec(
         *argv, pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
 
 
 def _fail_all(jobs: list[Job], err: ModelServeError) -> None:
@@ -105,9 +104,9 @@ class WorkerProcess:
         self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_batch_done: Callable[[list[Job], float, list[Any]], None] | None = None
-        # Called with the in-flight jobs of a worker that died, and the error they would get;
-        # the pool retries them on another worker or fails them (default: fail).
+        # (jobs, handler ms, its metrics, answer time), run once the answers are written
+        self.on_batch_done: Callable[[list[Job], float, list[Any], float], None] | None = None
+        # a dead worker's in-flight jobs and their error: the pool retries or fails them
         self.on_orphans: Callable[[list[Job], ModelServeError], None] = _fail_all
         self.on_timed_out: Callable[[], None] = lambda: None
         self.on_batch_limit: Callable[[int], None] = lambda limit: None
@@ -294,8 +293,7 @@ class WorkerProcess:
     def _complete(self, msg: dict[str, Any]) -> None:
         batch_id = msg["id"]
         jobs = self.inflight.pop(batch_id, None)
-        timer = self._timers.pop(batch_id, None)
-        if timer is not None:
+        if (timer := self._timers.pop(batch_id, None)) is not None:
             timer.cancel()
         if jobs is None:
             return  # already timed out
@@ -312,7 +310,9 @@ class WorkerProcess:
                 for job in jobs[len(out):]:
                     job.fail(err)
         if self.on_batch_done is not None:
-            self.on_batch_done(jobs, msg.get("ms", 0.0), msg.get("metrics") or [])
+            # the requests' tasks, woken above, run first: the bookkeeping never delays them
+            asyncio.get_running_loop().call_soon(self.on_batch_done, jobs, msg.get("ms", 0.0),
+                                                 msg.get("metrics") or [], time.perf_counter())
         self._on_change()
 
     async def _read_results(self, reader: asyncio.StreamReader) -> None:

@@ -4,9 +4,9 @@ uvicorn writes a response's status line and headers when the application starts 
 body when it sends it: two writes, and on loopback or a fast network each is a whole trip
 through the TCP stack (the largest single cost of a small answer, after parsing). The
 transport here holds a first small write until the end of the loop turn; a write in the same
-turn (the body, which Starlette sends right after the head) goes out with it as one. A large
-write, a close, or the turn's end sends what is held; nothing is reordered, delayed past the
-turn, or lost.
+turn (the body, which Starlette sends right after the head) goes out with it as one (a large
+body gathered with it, not copied). A large first write, a close, or the turn's end sends
+what is held; nothing is reordered, delayed past the turn, or lost.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-HOLD_MAX = 16384  # bytes: a write at least this large is sent at once (no copy)
+HOLD_MAX = 16384  # bytes: a write at least this large is not copied into one with the head
 
 
 class CoalescingTransport:
@@ -31,9 +31,10 @@ class CoalescingTransport:
         held = self._held
         if held is not None:  # the second write of the turn: both as one
             self._held = None
-            self.raw.write(held + data if len(data) < HOLD_MAX else held)
-            if len(data) >= HOLD_MAX:
-                self.raw.write(data)
+            if len(data) < HOLD_MAX:
+                self.raw.write(held + data)
+            else:  # a large body is not copied: one gathered write (writev) with the head
+                self.raw.writelines((held, data))
         elif len(data) >= HOLD_MAX or not data:
             self.raw.write(data)
         else:
