@@ -128,7 +128,7 @@ def settings_table() -> str:
 
 
 # ModelConfig's fields carry no descriptions of their own: a field named like a server
-# setting is described by it (and defaults to it); these three are described here.
+# setting is described by it (and defaults to it); the others are described here.
 MODEL_CONFIG_NOTES = {
     "min_workers": ("default_workers_per_model", "Worker processes started for the model "
                     "version, and kept (scaling never goes below)."),
@@ -136,6 +136,17 @@ MODEL_CONFIG_NOTES = {
                     "version; raised to minWorkers when lower."),
     "device_type": (None, "cpu: never a GPU; gpu or unset: worker i on cuda:(i mod n) when "
                     "a GPU is present, else the CPU."),
+    "sequence_batching": (None, "Stateful model: each sequence's requests go to one worker, "
+                          "one at a time, in order (with a positive sequenceMaxIdleMSec; "
+                          "[Sequence batching](batching.md#sequence-batching-stateful-models))."),
+    "sequence_max_idle_ms": (None, "A sequence closes after waiting this long for its next "
+                             "request; 0: no sequence batching."),
+    "sequence_timeout_ms": (None, "A sequence closes once this long after it opened, when "
+                            "nothing of it is queued; 0: never."),
+    "max_num_sequence": (None, "Sequences open at once, at least batchSize x maxWorkers; "
+                         "a new one past it is 503."),
+    "max_sequence_job_queue_size": (None, "Requests of one sequence waiting at once; one "
+                                    "more is 503."),
 }
 
 

@@ -50,6 +50,25 @@ class ModelConfig(BaseModel):
     device_type: Literal["cpu", "gpu"] | None = Field(None, alias="deviceType")
     batch_threads: BatchThreads = Field("auto", alias="batchThreads")
     autoscale: ModelAutoscale | None = Field(None, alias="autoscale")  # over the server's
+    # TorchServe's sequence batching (stateful models: engine/sequences.py), on when
+    # sequenceBatching is true and sequenceMaxIdleMSec positive, as there
+    sequence_batching: bool = Field(False, alias="sequenceBatching")
+    sequence_max_idle_ms: int = Field(0, ge=0, le=10**12, alias="sequenceMaxIdleMSec")
+    sequence_timeout_ms: int = Field(0, ge=0, le=10**12, alias="sequenceTimeoutMSec")
+    max_num_sequence: int = Field(1, ge=1, le=2**31 - 1, alias="maxNumSequence")
+    max_sequence_job_queue_size: int = Field(1, ge=1, le=2**31 - 1,
+                                             alias="maxSequenceJobQueueSize")
+
+    @property
+    def sequenced(self) -> bool:
+        """Whether requests are batched by sequence (TorchServe needs both keys)."""
+        return self.sequence_batching and self.sequence_max_idle_ms > 0
+
+    @property
+    def max_sequences(self) -> int:
+        """Sequences open at once: TorchServe's maxNumSequence, at least one batch for each
+        worker the model may have."""
+        return max(self.max_num_sequence, self.batch_size * self.max_workers)
 
     @field_validator("device_type", mode="before")
     @classmethod

@@ -66,7 +66,8 @@ _NETTY_IO = _harmless("Netty I/O setting; the frontend runs on uvloop")
 _SNAPSHOT_FIELD = _harmless("written by TorchServe into its snapshots; informational")
 _GRPC = _unsupported("gRPC connections have no maximum age here (grpcio's default, and "
                       "TorchServe's when the key is unset)")
-_SEQUENCE = _unsupported("modelserve has no sequence batching (stateful models)")
+_SEQUENCE = _unsupported("sequence batching uses TorchServe's default header names "
+                         "(ts_request_sequence_id, _start, _end); other names are not read")
 _IPEX = _depends(_when_false, "Intel Extension for PyTorch is never applied here")
 _CPU_LAUNCHER = (
     "workers are not started through torch's CPU launcher; threads_per_worker sets their threads"

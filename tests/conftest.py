@@ -406,6 +406,39 @@ IDENTITY_HANDLER = textwrap.dedent('''
 ''')
 
 
+# TorchServe's examples/stateful/sequence_batching/stateful_handler.py, with a dict for its
+# LRU cache: each sequence's running sum, kept in the worker's memory; 0 ends the sequence
+# (the end header, as sequence_continuous_batching's handler sends it). The answer's
+# x-worker-pid header says which worker ran it.
+STATEFUL_HANDLER = textwrap.dedent('''
+    import os
+
+
+    class Stateful:
+        def initialize(self, context):
+            self.cache = {}
+
+        def handle(self, data, context):
+            out = []
+            for idx, row in enumerate(data):
+                sequence = context.get_sequence_id(idx)
+                body = row.get("data") or row.get("body")
+                if isinstance(body, (bytes, bytearray)):
+                    body = body.decode()
+                if context.get_request_header(idx, context.header_key_sequence_start):
+                    self.cache[sequence] = 0
+                context.set_response_header(idx, "x-worker-pid", str(os.getpid()))
+                if int(body) == 0:
+                    self.cache.pop(sequence, None)
+                    context.set_response_header(idx, context.header_key_sequence_end, sequence)
+                    out.append("end")
+                    continue
+                self.cache[sequence] = self.cache.get(sequence, 0) + int(body)
+                out.append(str(self.cache[sequence]))
+            return out
+''')
+
+
 @pytest.fixture(scope="session")
 def v2_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model store plus ``identity``, an echo of v2 tensors (every datatype)."""

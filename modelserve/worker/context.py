@@ -44,6 +44,10 @@ class Context:
         self._response_status: dict[int, tuple[int, str]] = {}
         self._response_headers: dict[int, dict[str, str]] = {}
         self.start_time = time.time()
+        # the headers of sequence batching (stateful handlers read them by these names)
+        self.header_key_sequence_id = "ts_request_sequence_id"
+        self.header_key_sequence_start = "ts_request_sequence_start"
+        self.header_key_sequence_end = "ts_request_sequence_end"
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -67,7 +71,7 @@ class Context:
         return self._request_headers[idx] if idx < len(self._request_headers) else {}
 
     def get_sequence_id(self, idx: int) -> str | None:
-        return self.get_request_header(idx, "ts_request_sequence_id")
+        return self.get_request_header(idx, self.header_key_sequence_id)
 
     # -- response ----------------------------------------------------------------------------
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:

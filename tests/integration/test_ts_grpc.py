@@ -30,7 +30,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port, handler_archive
+from tests.conftest import STATEFUL_HANDLER, Server, free_port, handler_archive
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOS_REL = Path("modelserve/server/transport/torchserve/protos")
@@ -128,11 +128,16 @@ def ts(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def grpc_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """digits, echo (1.0, and echo-2.0.mar: its version 2.0) and stream."""
+    """digits, echo (1.0, and echo-2.0.mar: its version 2.0), stream and stateful (two
+    workers, sequence batching)."""
     store = tmp_path_factory.mktemp("ts-grpc-store")
     shutil.copy(model_store / "digits.mar", store / "digits.mar")
     handler_archive(tmp_path_factory.mktemp("src"), store, "echo", ECHO_HANDLER, {})
     handler_archive(tmp_path_factory.mktemp("src"), store, "stream", STREAM_HANDLER, {})
+    handler_archive(tmp_path_factory.mktemp("src"), store, "stateful", STATEFUL_HANDLER,
+                    {"minWorkers": 2, "maxWorkers": 2, "batchSize": 4,
+                     "sequenceMaxIdleMSec": 5000, "maxSequenceJobQueueSize": 10,
+                     "sequenceBatching": True})
     v2 = tmp_path_factory.mktemp("echo-v2")
     handler_archive(tmp_path_factory.mktemp("src"), v2, "echo", ECHO_HANDLER, {}, version="2.0")
     shutil.move(v2 / "echo.mar", store / "echo-2.0.mar")
@@ -158,7 +163,8 @@ def _stubs(ts: SimpleNamespace, srv: Server) -> Iterator[Stubs]:
 @pytest.fixture(scope="module")
 def srv(grpc_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp("ts-grpc-server"), grpc_store,
-                    ["echo=echo.mar", "stream=stream.mar", "digits=digits.mar"])
+                    ["echo=echo.mar", "stream=stream.mar", "digits=digits.mar",
+                     "stateful=stateful.mar"])
     # in server.ports, so that a start retried on new ports moves these too
     server.ports.update(ts_inference=free_port(), ts_management=free_port())
     server.extra_config = {"grpc_torchserve_inference_port": server.ports["ts_inference"],
@@ -351,6 +357,29 @@ def test_stream_predictions2_answers_each_request_in_order(ts, stubs):
     for seq in ("seq_0", "seq_1"):
         assert out[seq] == [(seq, f"{w}:{step}:{seq}") for w in "123"
                             for step in ("0", "1", "2", "done")]
+
+
+def test_stream_predictions2_of_a_stateful_model_stay_on_one_worker(ts, stubs):
+    """Sequence batching (SequenceBatching.java) behind StreamPredictions2: two sequences at
+    once on a two-worker stateful model; each answer is its sequence's running sum, which
+    only the worker holding that sequence knows."""
+    out: dict = {}
+
+    def stream(sequence: str, numbers: list[int]) -> None:
+        requests = [ts.inference_pb2.PredictionsRequest(
+            model_name="stateful", input={"data": str(n).encode()}, sequence_id=sequence)
+            for n in numbers]
+        out[sequence] = [(r.sequence_id, r.prediction.decode())
+                         for r in stubs.inference.StreamPredictions2(iter(requests))]
+
+    threads = [threading.Thread(target=stream, args=("s0", [1, 3, 5, 7, 9])),
+               threading.Thread(target=stream, args=("s1", [2, 4, 6, 8, 10]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert out["s0"] == [("s0", s) for s in ("1", "4", "9", "16", "25")]
+    assert out["s1"] == [("s1", s) for s in ("2", "6", "12", "20", "30")]
 
 
 def test_stream_predictions2_errors_are_responses_and_the_stream_goes_on(ts, stubs):

@@ -92,8 +92,10 @@ class Autoscaler:
     def attach(self, mv: ModelVersion) -> None:
         """A new version: its autoscaling state (its model-config.yaml ``autoscale:`` over
         the server's), and a request that finds no worker asks for one."""
-        mv.scaling = ScaleState(self.settings.merged(mv.config.autoscale),
-                                last_change=time.perf_counter())
+        knobs = self.settings.merged(mv.config.autoscale)
+        if mv.config.sequenced:  # a stateful model's sequences live in their workers
+            knobs = knobs.model_copy(update={"enabled": False})
+        mv.scaling = ScaleState(knobs, last_change=time.perf_counter())
         mv.batcher.on_demand = lambda: self._demand(mv)
         self._bounds(mv)
         if self._task is None and mv.scaling.knobs.enabled:

@@ -54,6 +54,11 @@ class Batcher:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def queued(self) -> int:
+        """Requests admitted and not yet sent to a worker."""
+        return len(self.pending)
+
     def _no_worker(self) -> ServiceUnavailableError | None:
         """The error for a model scaled to zero workers (none will come without a scale call)."""
         if self.pool.target == 0 and not self.pool.workers:

@@ -35,6 +35,7 @@ from modelserve.server.engine.loading import (
 from modelserve.server.engine.pool import cpu_count
 from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelRegistry, ModelVersion
+from modelserve.server.engine.sequences import SEQUENCE_ID
 from modelserve.server.engine.snapshot import Snapshot
 from modelserve.server.engine.startup import save_snapshots, startup_requests
 from modelserve.server.engine.startup_loader import StartupModels
@@ -102,6 +103,9 @@ class DataPlane:
         streamed = False
         try:
             result = await job.future
+            if job.sequence and result.__class__ is Result \
+                    and SEQUENCE_ID not in result.headers:  # the id a client goes on with
+                result = result._replace(headers={**result.headers, SEQUENCE_ID: job.sequence})
             if result.__class__ is Stream:
                 streamed = True
                 result.on_close(lambda: _observe(mv, version, job))  # type: ignore[union-attr]

@@ -47,6 +47,7 @@ class Job:
     v2: dict[str, Any] | None = None  # an OIP v2 request's tensors (InferRequest.wire())
     retried: bool = False  # set when its worker died and it was sent to another one
     gone: Callable[[], bool] | None = None  # true once the HTTP client disconnected
+    sequence: str = ""  # its sequence's id, for a stateful model (engine/sequences.py)
 
     def wire(self) -> list[object]:
         """The job as the worker reads it (see modelserve.ipc)."""

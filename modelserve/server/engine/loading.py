@@ -20,6 +20,7 @@ from modelserve.server.engine.jobs import Job
 from modelserve.server.engine.pool import WorkerPool
 from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelVersion
+from modelserve.server.engine.sequences import SequenceBatcher
 from modelserve.server.engine.worker_spec import WorkerSpec
 from modelserve.server.engine.zygote import Zygote
 from modelserve.server.observability.metrics import ServerMetrics
@@ -109,6 +110,22 @@ async def requirement_paths(settings: Settings, archive: Archive) -> tuple[str, 
     return (str(target),)
 
 
+def _batcher(name: str, version: str, pool: WorkerPool, config: ModelConfig) -> Batcher:
+    """The version's batcher: by sequence for a stateful model, else one queue."""
+    if config.sequenced:
+        return SequenceBatcher(name, pool, config.batch_size, config.max_batch_delay,
+                               config.job_queue_size, config.response_timeout,
+                               max_idle_ms=config.sequence_max_idle_ms,
+                               timeout_ms=config.sequence_timeout_ms,
+                               max_sequences=config.max_sequences,
+                               max_queued=config.max_sequence_job_queue_size)
+    if config.sequence_batching:  # TorchServe then refuses every request (no job groups)
+        log.warning("%s %s: sequenceBatching needs a positive sequenceMaxIdleMSec; its "
+                    "requests are batched without sequences", name, version)
+    return Batcher(name, pool, config.batch_size, config.max_batch_delay,
+                   config.job_queue_size, queue_timeout_s=config.response_timeout)
+
+
 def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Callable[[int], int],
                   zygote: Zygote | None, settings: Settings,
                   loaded_at_startup: bool) -> ModelVersion:
@@ -154,8 +171,7 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
 
     pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote)
     pool.on_ready = metrics.worker_loaded
-    batcher = Batcher(f"{name}", pool, config.batch_size, config.max_batch_delay,
-                      config.job_queue_size, queue_timeout_s=config.response_timeout)
+    batcher = _batcher(name, version, pool, config)
     pool.requeue = batcher.requeue
 
     def limit_batch(limit: int) -> None:  # describe shows the batch size actually served

@@ -36,6 +36,7 @@ class ModelVersion:
         scaling = self.scaling
         auto = scaling is not None and autoscaled(scaling.knobs, cfg.min_workers,
                                                   cfg.max_workers)
+        idle = cfg.sequence_max_idle_ms > 0
         out: dict[str, Any] = {
             "modelName": self.name,
             "modelVersion": self.version,
@@ -56,11 +57,12 @@ class ModelVersion:
             "continuousBatching": False,
             "useJobTicket": False,
             "useVenv": False,
-            "stateful": False,
-            "sequenceMaxIdleMSec": 0,
-            "sequenceTimeoutMSec": 0,
-            "maxNumSequence": 0,
-            "maxSequenceJobQueueSize": 0,
+            # TorchServe's: the flag as configured, the rest only with a positive idle time
+            "stateful": cfg.sequence_batching,
+            "sequenceMaxIdleMSec": cfg.sequence_max_idle_ms,
+            "sequenceTimeoutMSec": cfg.sequence_timeout_ms if idle else 0,
+            "maxNumSequence": cfg.max_sequences if idle else 0,
+            "maxSequenceJobQueueSize": cfg.max_sequence_job_queue_size if idle else 0,
             "loadedAtStartup": self.loaded_at_startup,
             "workers": [w.describe() for w in self.pool.workers],
             "jobQueueStatus": {

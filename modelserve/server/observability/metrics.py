@@ -175,8 +175,9 @@ class _ProcessCollector(Collector):
             ready = [w for w in workers if w.status == "READY"]
             in_workers = sum(len(jobs) for w in workers for jobs in w.inflight.values())
             fams["workers"].add_metric(key, len(ready))
-            fams["queue"].add_metric(key, len(mv.batcher.pending))
-            fams["inflight"].add_metric(key, len(mv.batcher.pending) + in_workers)
+            queued = mv.batcher.queued
+            fams["queue"].add_metric(key, queued)
+            fams["inflight"].add_metric(key, queued + in_workers)
             fams["restarts"].add_metric(key, mv.pool.restarts)
             scaling = getattr(mv, "scaling", None)
             for (direction, reason), count in (scaling.events.items() if scaling else ()):

@@ -1,0 +1,110 @@
+"""Stateful models: sequence batching over HTTP under `--ts-config`, as TorchServe's
+test/pytest/test_example_stateful_sequence_batching_http.py drives it (two workers, each
+sequence's state in one of them), plus the sequence id TorchServe makes up, its limits and a
+handler ending a sequence (SequenceBatching.java, Model.addJobInGroup, ApiUtils)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import STATEFUL_HANDLER, Server, handler_archive
+
+# the TorchServe test's model-config.yaml
+STATEFUL = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 4, "maxNumSequence": 4,
+            "sequenceMaxIdleMSec": 5000, "maxSequenceJobQueueSize": 10,
+            "sequenceBatching": True}
+# room for one sequence only
+SINGLE = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxNumSequence": 1,
+          "sequenceMaxIdleMSec": 60000, "sequenceBatching": True}
+REFUSED = ('Model "single" has no worker to serve inference request. Please use scale '
+           "workers API to add workers. If this is a sequence inference, please check if it "
+           "is closed, or expired; or exceeds maxSequenceJobQueueSize")
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    src = tmp_path_factory.mktemp("stateful-src")
+    store = tmp_path_factory.mktemp("stateful-store")
+    handler_archive(src, store, "stateful", STATEFUL_HANDLER, STATEFUL)
+    handler_archive(src, store, "single", STATEFUL_HANDLER, SINGLE)
+    root = tmp_path_factory.mktemp("stateful-server")
+    props = root / "config.properties"
+    props.write_text("disable_token_authorization=true\n")
+    server = Server(root, Path(store), ["stateful.mar", "single.mar"],
+                    extra_args=["--ts-config", str(props)])
+    server.start()
+    yield server
+    assert not server.stop()
+
+
+def post(srv: Server, model: str, number: int, sequence: str | None = None) -> httpx.Response:
+    headers = {"ts_request_sequence_id": sequence} if sequence else {}
+    return httpx.post(f"{srv.inference}/predictions/{model}", content=str(number).encode(),
+                      headers=headers, timeout=30)
+
+
+def test_each_sequence_keeps_its_state_in_one_worker(srv: Server):
+    """The TorchServe test: seq_0 sends 1 3 5 7 9 and seq_1 2 4 6 8 10 at the same time;
+    each answer is its sequence's running sum, so every request of a sequence reached the
+    worker holding its sum (the two workers' sums are their own)."""
+    out: dict[str, list[httpx.Response]] = {}
+
+    def client(sequence: str, numbers: list[int]) -> None:
+        out[sequence] = [post(srv, "stateful", n, sequence) for n in numbers]
+
+    threads = [threading.Thread(target=client, args=("seq_0", [1, 3, 5, 7, 9])),
+               threading.Thread(target=client, args=("seq_1", [2, 4, 6, 8, 10]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert " ".join(r.text for r in out["seq_0"]) == "1 4 9 16 25"
+    assert " ".join(r.text for r in out["seq_1"]) == "2 6 12 20 30"
+    for sequence, answers in out.items():
+        assert {r.headers["x-worker-pid"] for r in answers} == {
+            answers[0].headers["x-worker-pid"]}, sequence
+        assert all(r.headers["ts_request_sequence_id"] == sequence for r in answers)
+
+
+def test_a_request_without_an_id_starts_a_sequence_named_for_it(srv: Server):
+    """InferenceRequestHandler.predict: no id, so ``ts-seq-<uuid>`` and the start header
+    (which this handler resets its sum on); the answer carries the id to go on with."""
+    first = post(srv, "stateful", 5)
+    assert (first.status_code, first.text) == (200, "5")
+    sequence = first.headers["ts_request_sequence_id"]
+    assert sequence.startswith("ts-seq-")
+    second = post(srv, "stateful", 2, sequence)
+    assert (second.status_code, second.text) == (200, "7")
+    assert second.headers["x-worker-pid"] == first.headers["x-worker-pid"]
+    assert post(srv, "stateful", 1).text == "1"  # another new sequence
+
+
+def test_describe_shows_the_sequence_settings(srv: Server):
+    """ApiUtils.createModelResponse: maxNumSequence is at least batchSize x maxWorkers."""
+    (desc,) = httpx.get(f"{srv.management}/models/stateful").json()
+    assert {k: desc[k] for k in ("stateful", "sequenceMaxIdleMSec", "sequenceTimeoutMSec",
+                                 "maxNumSequence", "maxSequenceJobQueueSize")} == {
+        "stateful": True, "sequenceMaxIdleMSec": 5000, "sequenceTimeoutMSec": 0,
+        "maxNumSequence": 8, "maxSequenceJobQueueSize": 10}
+    assert len(desc["workers"]) == 2
+
+
+def test_a_full_model_refuses_new_sequences_until_the_handler_ends_one(srv: Server):
+    """Model.addJobInGroup: past maxNumSequence, 503 with TorchServe's message; the
+    handler's ``ts_request_sequence_end`` answer header closes its sequence
+    (SequenceContinuousBatching.setJobGroupFinished), which frees the place."""
+    assert post(srv, "single", 3, "a").text == "3"
+    refused = post(srv, "single", 1, "b")
+    assert refused.status_code == 503
+    assert refused.json() == {"code": 503, "type": "ServiceUnavailableException",
+                              "message": REFUSED}
+    assert post(srv, "single", 4, "a").text == "7"  # the open sequence goes on
+    end = post(srv, "single", 0, "a")
+    assert (end.status_code, end.text) == (200, "end")
+    assert end.headers["ts_request_sequence_end"] == "a"
+    assert post(srv, "single", 1, "b").text == "1"
