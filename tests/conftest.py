@@ -409,9 +409,11 @@ IDENTITY_HANDLER = textwrap.dedent('''
 # TorchServe's examples/stateful/sequence_batching/stateful_handler.py, with a dict for its
 # LRU cache: each sequence's running sum, kept in the worker's memory; 0 ends the sequence
 # (the end header, as sequence_continuous_batching's handler sends it). The answer's
-# x-worker-pid header says which worker ran it.
+# x-worker-pid header says which worker ran it; a body "?" answers the size of its batch,
+# "sleep S" sleeps S seconds.
 STATEFUL_HANDLER = textwrap.dedent('''
     import os
+    import time
 
 
     class Stateful:
@@ -428,6 +430,11 @@ STATEFUL_HANDLER = textwrap.dedent('''
                 if context.get_request_header(idx, context.header_key_sequence_start):
                     self.cache[sequence] = 0
                 context.set_response_header(idx, "x-worker-pid", str(os.getpid()))
+                if body == "?" or body.startswith("sleep"):
+                    if body != "?":
+                        time.sleep(float(body.split()[1]))
+                    out.append(str(len(data)) if body == "?" else "slept")
+                    continue
                 if int(body) == 0:
                     self.cache.pop(sequence, None)
                     context.set_response_header(idx, context.header_key_sequence_end, sequence)

@@ -138,6 +138,8 @@ def grpc_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> P
                     {"minWorkers": 2, "maxWorkers": 2, "batchSize": 4,
                      "sequenceMaxIdleMSec": 5000, "maxSequenceJobQueueSize": 10,
                      "sequenceBatching": True})
+    handler_archive(tmp_path_factory.mktemp("src"), store, "stateful1", STATEFUL_HANDLER,
+                    {"batchSize": 4, "sequenceMaxIdleMSec": 5000, "sequenceBatching": True})
     v2 = tmp_path_factory.mktemp("echo-v2")
     handler_archive(tmp_path_factory.mktemp("src"), v2, "echo", ECHO_HANDLER, {}, version="2.0")
     shutil.move(v2 / "echo.mar", store / "echo-2.0.mar")
@@ -164,7 +166,7 @@ def _stubs(ts: SimpleNamespace, srv: Server) -> Iterator[Stubs]:
 def srv(grpc_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp("ts-grpc-server"), grpc_store,
                     ["echo=echo.mar", "stream=stream.mar", "digits=digits.mar",
-                     "stateful=stateful.mar"])
+                     "stateful=stateful.mar", "stateful1=stateful1.mar"])
     # in server.ports, so that a start retried on new ports moves these too
     server.ports.update(ts_inference=free_port(), ts_management=free_port())
     server.extra_config = {"grpc_torchserve_inference_port": server.ports["ts_inference"],
@@ -380,6 +382,18 @@ def test_stream_predictions2_of_a_stateful_model_stay_on_one_worker(ts, stubs):
         t.join(60)
     assert out["s0"] == [("s0", s) for s in ("1", "4", "9", "16", "25")]
     assert out["s1"] == [("s1", s) for s in ("2", "6", "12", "20", "30")]
+
+
+def test_stream_predictions2_sends_each_request_on_as_it_comes(ts, stubs):
+    """InferenceImpl.streamPredictions2's onNext adds each request's job at once: while the
+    first (sequence x) runs on the one worker, the next two (sequences y and z) are already
+    queued, and leave together in one batch."""
+    requests = [ts.inference_pb2.PredictionsRequest(
+        model_name="stateful1", input={"data": body.encode()}, sequence_id=sequence)
+        for sequence, body in (("x", "sleep 0.5"), ("y", "?"), ("z", "?"))]
+    answers = [(r.sequence_id, r.prediction.decode())
+               for r in stubs.inference.StreamPredictions2(iter(requests), timeout=30)]
+    assert answers == [("x", "slept"), ("y", "2"), ("z", "2")]
 
 
 def test_stream_predictions2_errors_are_responses_and_the_stream_goes_on(ts, stubs):

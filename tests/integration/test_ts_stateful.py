@@ -6,6 +6,7 @@ handler ending a sequence (SequenceBatching.java, Model.addJobInGroup, ApiUtils)
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ STATEFUL = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 4, "maxNumSequence": 
 # room for one sequence only
 SINGLE = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxNumSequence": 1,
           "sequenceMaxIdleMSec": 60000, "sequenceBatching": True}
+# sequences that close after 200 ms without a request
+BRIEF = {"batchSize": 2, "sequenceMaxIdleMSec": 200, "sequenceBatching": True}
 REFUSED = ('Model "single" has no worker to serve inference request. Please use scale '
            "workers API to add workers. If this is a sequence inference, please check if it "
            "is closed, or expired; or exceeds maxSequenceJobQueueSize")
@@ -32,10 +35,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store = tmp_path_factory.mktemp("stateful-store")
     handler_archive(src, store, "stateful", STATEFUL_HANDLER, STATEFUL)
     handler_archive(src, store, "single", STATEFUL_HANDLER, SINGLE)
+    handler_archive(src, store, "brief", STATEFUL_HANDLER, BRIEF)
     root = tmp_path_factory.mktemp("stateful-server")
     props = root / "config.properties"
     props.write_text("disable_token_authorization=true\n")
-    server = Server(root, Path(store), ["stateful.mar", "single.mar"],
+    server = Server(root, Path(store), ["stateful.mar", "single.mar", "brief.mar"],
                     extra_args=["--ts-config", str(props)])
     server.start()
     yield server
@@ -108,3 +112,16 @@ def test_a_full_model_refuses_new_sequences_until_the_handler_ends_one(srv: Serv
     assert (end.status_code, end.text) == (200, "end")
     assert end.headers["ts_request_sequence_end"] == "a"
     assert post(srv, "single", 1, "b").text == "1"
+
+
+def test_a_closed_sequence_is_not_opened_again(srv: Server):
+    """TorchServe's rule (its stateful example's README, and the message): a request of a
+    sequence closed for idleness, or ended by the handler, is not processed: 503 (TorchServe's
+    test_example_stateful_sequence_continuous_batching_http.py idle and session timeouts)."""
+    assert post(srv, "brief", 2, "idle").text == "2"
+    time.sleep(0.3)  # past sequenceMaxIdleMSec
+    late = post(srv, "brief", 1, "idle")
+    assert late.status_code == 503
+    assert "please check if it is closed, or expired" in late.json()["message"]
+    assert post(srv, "brief", 0, "ended").text == "end"
+    assert post(srv, "brief", 1, "ended").status_code == 503

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from modelserve.errors import ServiceUnavailableError
+from modelserve.server.engine import sequences
 from modelserve.server.engine.jobs import Job, Result
 from modelserve.server.engine.sequences import (
     SEQUENCE_END,
@@ -162,7 +163,7 @@ async def test_too_many_sequences_or_queued_requests_are_refused_with_503():
     assert await answer(second) == "3"
 
 
-async def test_an_idle_sequence_closes_and_frees_its_place():
+async def test_an_idle_sequence_closes_frees_its_place_and_is_not_reopened():
     batcher, pool = make(workers=1, max_sequences=1, max_idle_ms=100)
     a = job(4, "a")
     batcher.submit(a)
@@ -173,11 +174,22 @@ async def test_an_idle_sequence_closes_and_frees_its_place():
     b = job(1, "b")
     batcher.submit(b)
     assert await answer(b) == "1"
-    # a reopened sequence reaches the handler again, which kept its own state
-    batcher.sequences.clear()
-    a2 = job(1, "a")
-    batcher.submit(a2)
-    assert await answer(a2) == "5"
+    with pytest.raises(ServiceUnavailableError, match="closed, or expired"):
+        batcher.submit(job(1, "a"))
+
+
+async def test_closed_ids_are_remembered_up_to_a_bound(monkeypatch):
+    monkeypatch.setattr(sequences, "CLOSED_KEPT", 2)
+    batcher, _ = make(workers=1)
+    for sid in ("a", "b", "c"):
+        j = job(0, sid)
+        batcher.submit(j)
+        await answer(j)
+        batcher._close(sid)
+    assert list(batcher.closed) == ["b", "c"]
+    again = job(2, "a")  # forgotten: opened again
+    batcher.submit(again)
+    assert await answer(again) == "2"
 
 
 async def test_the_session_timeout_closes_a_sequence_once_it_is_idle():
@@ -187,6 +199,7 @@ async def test_the_session_timeout_closes_a_sequence_once_it_is_idle():
     assert await answer(a) == "1"
     assert "a" in batcher.sequences
     await until(lambda: "a" not in batcher.sequences)
+    assert "a" in batcher.closed
 
 
 async def test_the_handler_ends_a_sequence_and_its_queued_requests_fail():
@@ -201,6 +214,8 @@ async def test_the_handler_ends_a_sequence_and_its_queued_requests_fail():
     b = job(2, "b")  # its place is free again
     batcher.submit(b)
     assert await answer(b) == "2"
+    with pytest.raises(ServiceUnavailableError, match="closed, or expired"):
+        batcher.submit(job(1, "a"))
 
 
 async def test_a_dead_workers_requests_move_with_their_sequence():

@@ -13,7 +13,9 @@ worker, one at a time and in the order they came. TorchServe's rules, kept here:
 - A sequence closes when it waited ``sequenceMaxIdleMSec`` for its next request, when it has
   nothing queued once ``sequenceTimeoutMSec`` passed since it opened, or when the handler's
   answer carries ``ts_request_sequence_end`` (the ids, ``;``-separated). Closing frees its
-  place; a later request with its id opens it again (the handler decides what that means).
+  place. A later request naming it is 503 ("closed, or expired", TorchServe's words and its
+  documented rule: TorchServe itself opens the id again, on whichever worker takes it, where
+  the handler finds no state and fails); the last CLOSED_KEPT closed ids are remembered.
 
 Each sequence is bound to a ready worker when it first has work (the one with the fewest
 sequences), and stays there while that worker lives; its requests that a dead worker held
@@ -28,7 +30,7 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from modelserve.errors import ServiceUnavailableError
@@ -42,6 +44,7 @@ log = logging.getLogger("modelserve.sequences")
 SEQUENCE_ID = "ts_request_sequence_id"  # TorchServe's default header names
 SEQUENCE_START = "ts_request_sequence_start"
 SEQUENCE_END = "ts_request_sequence_end"
+CLOSED_KEPT = 10_000  # closed sequence ids remembered (refused), the oldest forgotten first
 
 
 @dataclass(eq=False, slots=True)
@@ -70,6 +73,7 @@ class SequenceBatcher(Batcher):
         self.max_sequences = max_sequences
         self.max_queued = max_queued
         self.sequences: dict[str, Sequence] = {}
+        self.closed: OrderedDict[str, None] = OrderedDict()
 
     @property
     def queued(self) -> int:
@@ -91,7 +95,14 @@ class SequenceBatcher(Batcher):
             sid = job.headers[SEQUENCE_ID] = f"ts-seq-{uuid.uuid4()}"
             job.headers[SEQUENCE_START] = "true"
         seq = self.sequences.get(sid)
+        if seq is not None and self._expired(seq, time.perf_counter()):
+            self._close(sid)  # whether or not the sweep came round to it yet
+            seq = None
         if seq is None:
+            if sid in self.closed:
+                log.warning("Skip the requestId: %s for sequence: %s: it is closed or expired",
+                            job.request_id, sid)
+                raise self._refused()
             if len(self.sequences) >= self.max_sequences:
                 log.warning("Skip the requestId: %s for sequence: %s due to jobGroups size: "
                             "%d exceeding maxNumSequence: %d", job.request_id, sid,
@@ -144,8 +155,17 @@ class SequenceBatcher(Batcher):
                     self._end(sid.strip())
         self._wake.set()
 
-    def _end(self, sid: str) -> None:
+    def _close(self, sid: str) -> Sequence | None:
+        """Forget an open sequence, and remember that it closed."""
         seq = self.sequences.pop(sid, None)
+        if seq is not None:
+            self.closed[sid] = None
+            if len(self.closed) > CLOSED_KEPT:
+                self.closed.popitem(last=False)
+        return seq
+
+    def _end(self, sid: str) -> None:
+        seq = self._close(sid)
         if seq is None:
             return
         log.info("SequenceId %s is completed", sid)
@@ -154,6 +174,11 @@ class SequenceBatcher(Batcher):
                                             "before this request ran")
             while seq.jobs:
                 seq.jobs.popleft().fail(error)
+
+    def _expired(self, seq: Sequence, now: float) -> bool:
+        """Nothing of it waits or runs, and it sat idle too long or its session is over."""
+        return not seq.jobs and seq.running is None and \
+            now >= min(seq.idle_since + self.max_idle, seq.expires)
 
     def _sweep(self, now: float) -> float | None:
         """Close the sequences that are done waiting, fail requests queued too long; the time
@@ -168,12 +193,11 @@ class SequenceBatcher(Batcher):
             if seq.jobs:
                 due.append(now + QUEUE_SWEEP_S)
             elif seq.running is None:
-                closes = min(seq.idle_since + self.max_idle, seq.expires)
-                if closes <= now:
-                    del self.sequences[sid]
+                if self._expired(seq, now):
+                    self._close(sid)
                     log.debug("sequence %s of %s closed: idle or timed out", sid, self.name)
                 else:
-                    due.append(closes)
+                    due.append(min(seq.idle_since + self.max_idle, seq.expires))
         return min(due) - now if due else None
 
     def _bind(self, seq: Sequence, ready: list[WorkerProcess]) -> WorkerProcess | None:

@@ -13,11 +13,14 @@ answers follow TorchServe 0.12's ``InferenceImpl`` and ``GRPCJob``:
   (``send_intermediate_predict_response``, or a generator); a handler that does not stream
   answers with one.
 - ``StreamPredictions2``: a bidirectional stream of requests that each need a
-  ``sequence_id``; the requests run one after the other, in the order sent, and every chunk
-  is a response carrying its request's ``sequence_id``. An error is a response whose
-  ``status`` (google.rpc.Status: code, message, and an ErrorInfo detail naming TorchServe's
-  exception) replaces the prediction, and the stream goes on. The handler reads the sequence
-  id as the ``ts_request_sequence_id`` header (``context.get_sequence_id``).
+  ``sequence_id``. Each request goes to the model as it arrives (as TorchServe's ``onNext``
+  adds its job at once; at most STREAM2_AHEAD of a call at a time), so a stateful model's
+  sequence (engine/sequences.py) has the next one queued and runs them in order; the answers
+  go back in the order the requests came, every chunk a response carrying its request's
+  ``sequence_id``. An error is a response whose ``status`` (google.rpc.Status: code,
+  message, and an ErrorInfo detail naming TorchServe's exception) replaces the prediction,
+  and the stream goes on. The handler reads the sequence id as the ``ts_request_sequence_id``
+  header (``context.get_sequence_id``).
 
 Errors end the call with TorchServe's status and details: a missing model_name or an unknown
 model or version is INTERNAL (as InferenceImpl answers), a worker's error its HTTP status
@@ -26,7 +29,9 @@ mapped by GRPCUtils, with ``org.pytorch.serve.http.InternalServerException`` aft
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,6 +58,9 @@ from modelserve.server.transport.torchserve.protos.google_rpc import status_pb2
 
 SEQUENCE_ID = "ts_request_sequence_id"  # ConfigManager.getTsHeaderKeySequenceId
 _REQUEST_ERROR = "BadRequestException.()"  # the reason InferenceImpl gives its own checks
+log = logging.getLogger("modelserve.grpc")
+STREAM2_AHEAD = 32  # requests of one StreamPredictions2 call at the model at once
+_DONE = object()  # the end of one request's chunks
 
 
 class CallError(Exception):
@@ -158,23 +166,77 @@ class InferenceServicer(pb_grpc.InferenceAPIsServiceServicer):
 
     async def StreamPredictions2(self, request_iterator: AsyncIterator[Any],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """Requests in order, each answered in full before the next is read; ends when the
-        client has closed its side and the last request is answered."""
+        """Every request sent on as it comes, the answers in the order of the requests; ends
+        when the client has closed its side and the last request is answered."""
         headers = metadata_headers(context)
-        async for request in request_iterator:
-            sequence = request.sequence_id
-            try:
-                if not sequence:
-                    raise CallError(grpc.StatusCode.INTERNAL,
-                                    "Parameter sequenceId is required.", _REQUEST_ERROR)
-                async with contextlib.aclosing(
-                        self._chunks(request, {**headers, SEQUENCE_ID: sequence})) as chunks:
-                    async for body in chunks:
-                        yield pb.PredictionResponse(prediction=body, sequence_id=sequence)
-            except CallError as exc:
-                status = status_pb2.Status(code=exc.code.value[0], message=exc.message,
-                                           details=[error_info(exc.cls)])
-                yield pb.PredictionResponse(sequence_id=sequence or None, status=status)
+        answers: asyncio.Queue[_Answer | None] = asyncio.Queue()
+        ahead = asyncio.Semaphore(STREAM2_AHEAD)
+        started: list[_Answer] = []
+        reader = asyncio.create_task(
+            self._read_requests(request_iterator, headers, answers, ahead, started))
+        try:
+            while (answer := await answers.get()) is not None:
+                while (item := await answer.items.get()) is not _DONE:
+                    if isinstance(item, CallError):
+                        status = status_pb2.Status(code=item.code.value[0], message=item.message,
+                                                   details=[error_info(item.cls)])
+                        yield pb.PredictionResponse(sequence_id=answer.sequence or None,
+                                                    status=status)
+                        break
+                    yield pb.PredictionResponse(prediction=item, sequence_id=answer.sequence)
+                ahead.release()
+        finally:  # the call ended early: its requests' work stops
+            reader.cancel()
+            for answer in started:
+                if answer.task is not None:
+                    answer.task.cancel()
+
+    async def _read_requests(self, request_iterator: AsyncIterator[Any],
+                             headers: dict[str, str], answers: asyncio.Queue[_Answer | None],
+                             ahead: asyncio.Semaphore, started: list[_Answer]) -> None:
+        """StreamPredictions2's requests, each started as it is read (tasks start in the
+        order made, so the requests reach the batcher in the order sent)."""
+        try:
+            async for request in request_iterator:
+                await ahead.acquire()
+                sequence = request.sequence_id
+                if sequence:
+                    answer = _Answer(sequence, self._chunks(
+                        request, {**headers, SEQUENCE_ID: sequence}))
+                else:
+                    answer = _Answer(sequence, None, CallError(
+                        grpc.StatusCode.INTERNAL, "Parameter sequenceId is required.",
+                        _REQUEST_ERROR))
+                started[:] = [a for a in started if a.task is not None and not a.task.done()]
+                started.append(answer)
+                answers.put_nowait(answer)
+        finally:
+            answers.put_nowait(None)
+
+
+class _Answer:
+    """One StreamPredictions2 request at work: its chunks (or error) as they come."""
+
+    def __init__(self, sequence: str, chunks: AsyncIterator[bytes] | None,
+                 error: CallError | None = None) -> None:
+        self.sequence = sequence
+        self.items: asyncio.Queue[Any] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run(chunks)) if chunks is not None else None
+        if error is not None:
+            self.items.put_nowait(error)
+
+    async def _run(self, chunks: AsyncIterator[bytes]) -> None:
+        try:
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                async for body in chunks:
+                    self.items.put_nowait(body)
+            self.items.put_nowait(_DONE)
+        except CallError as exc:
+            self.items.put_nowait(exc)
+        except Exception as exc:  # a bug: answered as one, never left waiting
+            log.exception("StreamPredictions2 request failed")
+            self.items.put_nowait(CallError(grpc.StatusCode.INTERNAL,
+                                            f"{type(exc).__name__}: {exc}", INTERNAL_SERVER))
 
 
 def add_to(server: grpc.aio.Server, dataplane: DataPlane) -> None:
