@@ -86,6 +86,8 @@ DEFAULT_FILES = [
     "test_handler_traceback_logging.py",
     "test_startup_timeout.py",
     "test_url_path.py",
+    "test_example_stateful_sequence_batching_http.py",
+    "test_example_stateful_sequence_continuous_batching_http.py",
     *GRPC_FILES,
 ]
 PORTS = (8080, 8081, 8082, 7070, 7071)
