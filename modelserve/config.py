@@ -215,7 +215,12 @@ class Settings(BaseSettings):
         "closed (nginx's default).")
     max_connections: int | None = Field(
         None, ge=1, description="Most client connections of the HTTP listeners together; None: "
-        "the descriptor limit less a reserve for workers, archives and logs.")
+        "the descriptor limit less a reserve for workers, archives, logs and gRPC.")
+    grpc_max_connections: int | None = Field(
+        None, ge=1, description="Most client connections of each gRPC listener (more are "
+        "refused at once); None: an eighth of the descriptors max_connections leaves, at "
+        "least 16. A connection that has not finished its TLS and HTTP/2 handshake within "
+        "request_header_timeout is closed.")
     ready_with_failed_models: bool = Field(
         False, description="Readiness ignores models named at start that cannot load at all.")
     model_snapshot: bool = Field(

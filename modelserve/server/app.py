@@ -152,9 +152,7 @@ async def run_server(settings: Settings,
         if settings.grpc_inference_port:
             try:
                 grpc_server = await start_grpc_server(
-                    v2, settings.host, settings.grpc_inference_port, settings.max_request_size,
-                    settings.max_response_size,
-                    [TokenInterceptor(keys)] if keys is not None else None,
+                    v2, settings, [TokenInterceptor(keys)] if keys is not None else None,
                     grpc_credentials)
             except OSError as exc:
                 log.error("%s; stopping", exc)

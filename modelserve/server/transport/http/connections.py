@@ -51,12 +51,22 @@ def raise_descriptor_limit() -> tuple[int, int, int]:
     return soft, max(soft, target), hard
 
 
+def reserve(limit: int) -> int:
+    """Descriptors the HTTP listeners leave to everything else: RESERVE_MIN and a quarter
+    of the limit, at most RESERVE_MAX."""
+    return min(RESERVE_MIN + limit // 4, RESERVE_MAX)
+
+
 def default_max_connections(limit: int) -> int:
-    """Client connections a descriptor limit affords: it less a reserve (a quarter of it,
-    between RESERVE_MIN + 1/4 and RESERVE_MAX) for worker sockets and pipes, archives, logs
-    and the listeners."""
-    reserve = min(RESERVE_MIN + limit // 4, RESERVE_MAX)
-    return max(16, limit - reserve)
+    """Client connections a descriptor limit affords: it less the reserve for worker
+    sockets and pipes, archives, logs and the gRPC and other listeners."""
+    return max(16, limit - reserve(limit))
+
+
+def default_grpc_connections(limit: int) -> int:
+    """Client connections of one gRPC listener: an eighth of the reserve (at most three
+    such listeners take three eighths), at least 16."""
+    return max(16, reserve(limit) // 8)
 
 
 class _Notice:

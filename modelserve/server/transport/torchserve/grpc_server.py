@@ -31,7 +31,7 @@ async def start_torchserve_grpc(dataplane: DataPlane, keys: KeyStore | None,
         for port, key_type, add_to in services:
             if not port:
                 continue
-            server = new_server(settings.max_request_size, settings.max_response_size,
+            server = new_server(settings,
                                 [TokenInterceptor(keys, key_type)] if keys else None)
             add_to(server, dataplane)
             await listen(server, host, port, f"TorchServe gRPC {key_type}", credentials)

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from modelserve.config import Settings
 from modelserve.datatypes import TensorError, numpy_dtype, serialize_bytes
 from modelserve.errors import ModelServeError
 from modelserve.server.transport.grpc_listen import listen, new_server
@@ -286,14 +287,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-async def start_grpc_server(core: V2Core, host: str, port: int, max_receive: int,
-                            max_send: int,
+async def start_grpc_server(core: V2Core, settings: Settings,
                             interceptors: list[grpc.aio.ServerInterceptor] | None = None,
                             credentials: grpc.ServerCredentials | None = None,
                             ) -> grpc.aio.Server:
-    """Bind and start (TLS with ``credentials``); raises OSError when the port cannot be
-    bound."""
-    server = new_server(max_receive, max_send, interceptors)
+    """Bind ``host:grpc_inference_port`` and start (TLS with ``credentials``); raises
+    OSError when the port cannot be bound."""
+    server = new_server(settings, interceptors)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
-    await listen(server, host, port, "gRPC", credentials)
+    await listen(server, settings.host, settings.grpc_inference_port, "gRPC", credentials)
     return server
