@@ -23,6 +23,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -365,23 +366,18 @@ def test_stream_predictions2_of_a_stateful_model_stay_on_one_worker(ts, stubs):
     """Sequence batching (SequenceBatching.java) behind StreamPredictions2: two sequences at
     once on a two-worker stateful model; each answer is its sequence's running sum, which
     only the worker holding that sequence knows."""
-    out: dict = {}
-
-    def stream(sequence: str, numbers: list[int]) -> None:
+    def stream(sequence: str, numbers: list[int]) -> list[tuple[str, str]]:
         requests = [ts.inference_pb2.PredictionsRequest(
             model_name="stateful", input={"data": str(n).encode()}, sequence_id=sequence)
             for n in numbers]
-        out[sequence] = [(r.sequence_id, r.prediction.decode())
-                         for r in stubs.inference.StreamPredictions2(iter(requests))]
+        return [(r.sequence_id, r.prediction.decode())
+                for r in stubs.inference.StreamPredictions2(iter(requests), timeout=60)]
 
-    threads = [threading.Thread(target=stream, args=("s0", [1, 3, 5, 7, 9])),
-               threading.Thread(target=stream, args=("s1", [2, 4, 6, 8, 10]))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert out["s0"] == [("s0", s) for s in ("1", "4", "9", "16", "25")]
-    assert out["s1"] == [("s1", s) for s in ("2", "6", "12", "20", "30")]
+    with ThreadPoolExecutor(2) as pool:
+        s0 = pool.submit(stream, "s0", [1, 3, 5, 7, 9])
+        s1 = pool.submit(stream, "s1", [2, 4, 6, 8, 10])
+    assert s0.result() == [("s0", s) for s in ("1", "4", "9", "16", "25")]
+    assert s1.result() == [("s1", s) for s in ("2", "6", "12", "20", "30")]
 
 
 def test_stream_predictions2_sends_each_request_on_as_it_comes(ts, stubs):

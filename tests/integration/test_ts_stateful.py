@@ -5,9 +5,9 @@ handler ending a sequence (SequenceBatching.java, Model.addJobInGroup, ApiUtils)
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -56,17 +56,13 @@ def test_each_sequence_keeps_its_state_in_one_worker(srv: Server):
     """The TorchServe test: seq_0 sends 1 3 5 7 9 and seq_1 2 4 6 8 10 at the same time;
     each answer is its sequence's running sum, so every request of a sequence reached the
     worker holding its sum (the two workers' sums are their own)."""
-    out: dict[str, list[httpx.Response]] = {}
+    def client(sequence: str, numbers: list[int]) -> list[httpx.Response]:
+        return [post(srv, "stateful", n, sequence) for n in numbers]
 
-    def client(sequence: str, numbers: list[int]) -> None:
-        out[sequence] = [post(srv, "stateful", n, sequence) for n in numbers]
-
-    threads = [threading.Thread(target=client, args=("seq_0", [1, 3, 5, 7, 9])),
-               threading.Thread(target=client, args=("seq_1", [2, 4, 6, 8, 10]))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    with ThreadPoolExecutor(2) as pool:
+        seq_0 = pool.submit(client, "seq_0", [1, 3, 5, 7, 9])
+        seq_1 = pool.submit(client, "seq_1", [2, 4, 6, 8, 10])
+    out = {"seq_0": seq_0.result(), "seq_1": seq_1.result()}
     assert " ".join(r.text for r in out["seq_0"]) == "1 4 9 16 25"
     assert " ".join(r.text for r in out["seq_1"]) == "2 6 12 20 30"
     for sequence, answers in out.items():

@@ -108,16 +108,23 @@ class Batcher:
                 f'Model "{self.name}" had no worker available within {self.queue_timeout:g}s'
             ))
 
+    @staticmethod
+    def runnable(job: Job) -> bool:
+        """Whether a queued job is still wanted: not cancelled (a gRPC client gave up) or
+        already failed, and its HTTP client still there (else it fails, 499)."""
+        if job.future.done():
+            return False
+        if job.gone is not None and job.gone():
+            job.fail(ClientGoneError("the client disconnected before its request was run"))
+            return False
+        return True
+
     def _take(self) -> list[Job]:
         batch: list[Job] = []
         while self.pending and len(batch) < self.batch_size:
             job = self.pending.popleft()
-            if job.future.done():  # cancelled (a gRPC client gave up) or already failed
-                continue
-            if job.gone is not None and job.gone():  # the HTTP client disconnected
-                job.fail(ClientGoneError("the client disconnected before its request was run"))
-                continue
-            batch.append(job)
+            if self.runnable(job):
+                batch.append(job)
         return batch
 
     async def _run(self) -> None:

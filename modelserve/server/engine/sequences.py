@@ -30,12 +30,12 @@ import logging
 import math
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 from modelserve.errors import ServiceUnavailableError
 from modelserve.server.engine.batching import QUEUE_SWEEP_S, Batcher
-from modelserve.server.engine.jobs import ClientGoneError, Job, Result
+from modelserve.server.engine.jobs import Job, Result
 from modelserve.server.engine.pool import WorkerPool
 from modelserve.server.engine.workers import WorkerProcess
 
@@ -134,9 +134,7 @@ class SequenceBatcher(Batcher):
 
     async def close(self, error: ServiceUnavailableError) -> None:
         await super().close(error)
-        for seq in self.sequences.values():
-            while seq.jobs:
-                seq.jobs.popleft().fail(error)
+        self._fail_queued(error)
         self.sequences.clear()
 
     def _done(self, seq: Sequence, job: Job) -> None:
@@ -200,30 +198,31 @@ class SequenceBatcher(Batcher):
                     due.append(min(seq.idle_since + self.max_idle, seq.expires))
         return min(due) - now if due else None
 
-    def _bind(self, seq: Sequence, ready: list[WorkerProcess]) -> WorkerProcess | None:
+    def _bind(self, seq: Sequence, ready: list[WorkerProcess],
+              held: Counter[WorkerProcess]) -> WorkerProcess | None:
         """The sequence's worker: its own while that one is ready, else the ready worker
-        holding the fewest sequences."""
-        if seq.worker is not None and seq.worker.status == "READY" \
-                and seq.worker in self.pool.workers:
-            return seq.worker
+        holding the fewest sequences (``held``, kept up to date)."""
+        worker = seq.worker
+        if worker is not None and worker.status == "READY" and worker in self.pool.workers:
+            return worker
         if not ready:
             return None
-        held = {id(worker): 0 for worker in ready}
-        for other in self.sequences.values():
-            if other.worker is not None and id(other.worker) in held:
-                held[id(other.worker)] += 1
-        seq.worker = min(ready, key=lambda worker: held[id(worker)])
+        if worker is not None:
+            held[worker] -= 1
+        seq.worker = min(ready, key=lambda w: held[w])
+        held[seq.worker] += 1
         return seq.worker
 
     def _dispatch(self) -> bool:
         """Send each worker with a free lane the next request of each of its sequences, the
         longest waiting first; whether a batch went out."""
         ready = [worker for worker in self.pool.workers if worker.status == "READY"]
+        held = Counter(seq.worker for seq in self.sequences.values() if seq.worker is not None)
         waiting = [seq for seq in self.sequences.values() if seq.running is None and seq.jobs]
         waiting.sort(key=lambda seq: seq.jobs[0].arrival)
         batches: dict[WorkerProcess, list[Job]] = {}
         for seq in waiting:
-            worker = self._bind(seq, ready)
+            worker = self._bind(seq, ready, held)
             if worker is None or not worker.idle:
                 continue
             batch = batches.setdefault(worker, [])
@@ -231,16 +230,11 @@ class SequenceBatcher(Batcher):
                 continue
             while seq.jobs:
                 job = seq.jobs.popleft()
-                if job.future.done():
-                    continue
-                if job.gone is not None and job.gone():
-                    job.fail(ClientGoneError("the client disconnected before its request was "
-                                             "run"))
-                    continue
-                seq.running = job
-                job.future.add_done_callback(lambda _, s=seq, j=job: self._done(s, j))
-                batch.append(job)
-                break
+                if self.runnable(job):
+                    seq.running = job
+                    job.future.add_done_callback(lambda _, s=seq, j=job: self._done(s, j))
+                    batch.append(job)
+                    break
         sent = False
         for worker, batch in batches.items():
             if batch:
