@@ -88,6 +88,10 @@ DEFAULT_FILES = [
     "test_url_path.py",
     "test_example_stateful_sequence_batching_http.py",
     "test_example_stateful_sequence_continuous_batching_http.py",
+    "test_send_intermediate_prediction_response.py",
+    "test_model_config.py",
+    "test_model_custom_dependencies.py",
+    "test_onnx.py",
     *GRPC_FILES,
 ]
 PORTS = (8080, 8081, 8082, 7070, 7071)
