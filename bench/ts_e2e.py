@@ -92,6 +92,8 @@ DEFAULT_FILES = [
     "test_model_config.py",
     "test_model_custom_dependencies.py",
     "test_onnx.py",
+    "test_torch_compile.py",
+    "test_parallelism.py",
     *GRPC_FILES,
 ]
 PORTS = (8080, 8081, 8082, 7070, 7071)

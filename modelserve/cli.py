@@ -142,8 +142,8 @@ def start(
         "against (default: the model store)."),
     models: list[str] | None = typer.Option(
         None, "--models", help="Archives to load at start: NAME=ARCHIVE, ARCHIVE or 'all', "
-        "as TorchServe takes them (--models a=a.mar b.mar) or repeated; replaces load_models "
-        "from the config."),
+        "as TorchServe takes them (--models a=a.mar b.mar, or a.mar,b.mar) or repeated; "
+        "replaces load_models from the config."),
     host: str | None = typer.Option(None, "--host", help="Address to bind the listeners to."),
     inference_port: int | None = typer.Option(None, help="Inference API port."),
     management_port: int | None = typer.Option(None, help="Management API port."),
@@ -180,6 +180,9 @@ def start(
         snapshot_dir,
     )
     from modelserve.ts_config import read_ts_config
+
+    if models:  # TorchServe joins its --models words with commas, then splits on them
+        models = [item.strip() for word in models for item in word.split(",") if item.strip()]
 
     def load(ts: TsConfig | None, ts_file: Path | None) -> Settings:
         ts_values = ts.settings if ts else {}

@@ -132,6 +132,8 @@ class BaseHandler:
         except Exception as exc:  # bad options: TorchServe proceeds without compiling
             log.warning("torch.compile(%s) failed, serving uncompiled: %s", options, exc)
             return self.model
+        # TorchServe's line (BaseHandler.initialize), which its tests and operators look for
+        log.info("Compiled model with %s", ", ".join(f"{k} {v}" for k, v in options.items()))
         sizes = [max(batch_size, 2), 1]
         if self.device.type == "cuda" and options.get("mode") in CUDAGRAPH_MODES:
             sizes += range(2, batch_size)  # CUDA graphs are recorded per batch size

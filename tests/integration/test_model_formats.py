@@ -142,7 +142,9 @@ def test_exported_formats_take_any_batch_size(tiny, tmp_path, fmt):
 
 
 def test_compile_is_warmed_up_before_ready_and_timed(tiny, tiny_server):
-    wait_logged(tiny_server, "compiled and warmed up in")
+    # TorchServe's line too (test_torch_compile.py looks for it in model_log.log)
+    wait_logged(tiny_server, "Compiled model with backend inductor\n",
+                "compiled and warmed up in")
     start = time.perf_counter()
     _predict_all(tiny_server, "tiny_compile", tiny["inputs"][:1])
     assert time.perf_counter() - start < 2, "the first request paid for compiling"

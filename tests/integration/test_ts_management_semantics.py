@@ -263,9 +263,13 @@ def test_default_workers_per_model_is_honoured(ts_archives: Path, tmp_path: Path
 
 
 # -- the command line: ts/arg_parser.py, ts/model_server.py ---------------------------------
-def test_models_take_torchserve_space_separated_list(ts_archives: Path, tmp_path: Path):
-    srv = Server(tmp_path, ts_archives, [],
-                 extra_args=["--models", "a=noop.mar", "b=noop2.mar", "--ncs"]).start()
+@pytest.mark.parametrize("words", [["a=noop.mar", "b=noop2.mar"], ["a=noop.mar,b=noop2.mar"],
+                                   ["a=noop.mar,", "b=noop2.mar"]])
+def test_models_take_torchserve_space_or_comma_separated_list(ts_archives: Path,
+                                                              tmp_path: Path, words: list[str]):
+    """ConfigManager joins the --models words with commas into load_models, which
+    ModelServer splits on commas (test_torch_compile.py starts with --models a.mar,b.mar)."""
+    srv = Server(tmp_path, ts_archives, [], extra_args=["--models", *words, "--ncs"]).start()
     try:
         names = [m["modelName"] for m in mgmt(srv, "GET", "/models").json()["models"]]
         assert names == ["a", "b"]
