@@ -40,6 +40,7 @@ import grpc
 from modelserve.errors import BadRequestError, ModelNotFoundError, ModelServeError
 from modelserve.server.engine.dataplane import DataPlane
 from modelserve.server.engine.jobs import Result
+from modelserve.server.engine.sequences import SEQUENCE_ID
 from modelserve.server.engine.streams import Stream
 from modelserve.server.transport.request_ids import RequestIds
 from modelserve.server.transport.torchserve.grpc_common import (
@@ -56,7 +57,6 @@ from modelserve.server.transport.torchserve.protos import inference_pb2 as pb
 from modelserve.server.transport.torchserve.protos import inference_pb2_grpc as pb_grpc
 from modelserve.server.transport.torchserve.protos.google_rpc import status_pb2
 
-SEQUENCE_ID = "ts_request_sequence_id"  # ConfigManager.getTsHeaderKeySequenceId
 _REQUEST_ERROR = "BadRequestException.()"  # the reason InferenceImpl gives its own checks
 log = logging.getLogger("modelserve.grpc")
 STREAM2_AHEAD = 32  # requests of one StreamPredictions2 call at the model at once
