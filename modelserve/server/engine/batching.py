@@ -100,11 +100,12 @@ class Batcher:
         except TimeoutError:
             pass
 
-    def _expire_queued(self) -> None:
-        """Fail requests that waited longer than the queue timeout for a worker."""
-        limit = time.perf_counter() - self.queue_timeout
-        while self.pending and self.pending[0].arrival < limit:
-            self.pending.popleft().fail(ServiceUnavailableError(
+    def _expire_queued(self, queue: deque[Job], now: float) -> None:
+        """Fail the requests at the head of ``queue`` that waited longer than the queue
+        timeout for a worker."""
+        limit = now - self.queue_timeout
+        while queue and queue[0].arrival < limit:
+            queue.popleft().fail(ServiceUnavailableError(
                 f'Model "{self.name}" had no worker available within {self.queue_timeout:g}s'
             ))
 
@@ -143,7 +144,7 @@ class Batcher:
                 worker = pool.pick()
                 while worker is None and (error := self._no_worker()) is None:
                     await self._wait(QUEUE_SWEEP_S)
-                    self._expire_queued()
+                    self._expire_queued(self.pending, time.perf_counter())
                     worker = pool.pick()
                 if worker is None:  # scaled to zero while these waited: answer them now
                     while self.pending:

@@ -182,12 +182,8 @@ class SequenceBatcher(Batcher):
         """Close the sequences that are done waiting, fail requests queued too long; the time
         until the next sweep is due (None: nothing to watch)."""
         due: list[float] = []
-        limit = now - self.queue_timeout
         for sid, seq in list(self.sequences.items()):
-            while seq.jobs and seq.jobs[0].arrival < limit:
-                seq.jobs.popleft().fail(ServiceUnavailableError(
-                    f'Model "{self.name}" had no worker available within '
-                    f"{self.queue_timeout:g}s"))
+            self._expire_queued(seq.jobs, now)
             if seq.jobs:
                 due.append(now + QUEUE_SWEEP_S)
             elif seq.running is None:
