@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -241,9 +242,15 @@ def start(
     for warning in ts.warnings if ts else []:
         level = logging.INFO if ": ignored, " in warning else logging.WARNING
         logging.getLogger("modelserve.ts_config").log(level, "%s: %s", ts_config, warning)
+    zygote = None
+    if settings.worker_start == "zygote" and settings.load_models:
+        from modelserve.server.engine.zygote import launch
+
+        with contextlib.suppress(OSError):  # else the first worker's launch starts it
+            zygote = launch()  # its torch import runs beside the server's imports below
     from modelserve.server.app import run  # the server's imports, once the settings hold
 
-    raise typer.Exit(run(settings, on_ready=_print_banner))
+    raise typer.Exit(run(settings, on_ready=_print_banner, zygote=zygote))
 
 
 @app.command()

@@ -23,6 +23,7 @@ from modelserve.config import Settings
 from modelserve.server import heap
 from modelserve.server.engine.dataplane import DataPlane
 from modelserve.server.engine.workflows import Workflows
+from modelserve.server.engine.zygote import Launched
 from modelserve.server.observability import metrics_log
 from modelserve.server.observability.metrics import ServerMetrics
 from modelserve.server.transport import tls
@@ -81,8 +82,10 @@ async def _serve(listener: _Listener) -> None:
 
 
 async def run_server(settings: Settings,
-                     on_ready: Callable[[Settings, list[str]], None] | None = None) -> int:
-    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+                     on_ready: Callable[[Settings, list[str]], None] | None = None,
+                     zygote: Launched | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code. ``zygote``: the worker
+    zygote, if the caller launched it already."""
     try:
         metrics = ServerMetrics(metrics_log.from_settings(settings))
     except ValueError as exc:  # a metrics_config that cannot be read
@@ -95,7 +98,7 @@ async def run_server(settings: Settings,
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    dataplane = DataPlane(settings, metrics)
+    dataplane = DataPlane(settings, metrics, zygote)
     v2 = V2Core(dataplane)
     workflows = Workflows(dataplane)  # TorchServe's /workflows and /wfpredict
     inference: Any = create_inference_app(dataplane, settings, v2)
@@ -207,7 +210,8 @@ async def run_server(settings: Settings,
 
 
 def run(settings: Settings,
-        on_ready: Callable[[Settings, list[str]], None] | None = None) -> int:
+        on_ready: Callable[[Settings, list[str]], None] | None = None,
+        zygote: Launched | None = None) -> int:
     """Blocking entry point: uvloop when installed, else asyncio."""
     try:
         import uvloop
@@ -215,4 +219,4 @@ def run(settings: Settings,
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(run_server(settings, on_ready))
+        return runner.run(run_server(settings, on_ready, zygote))

@@ -165,3 +165,30 @@ def test_a_zygote_that_could_not_start_for_want_of_descriptors_is_tried_again(mo
             await z.close()
 
     asyncio.run(main())
+
+
+def test_a_zygote_launched_before_the_loop_is_the_one_that_forks():
+    """``modelserve start`` launches the zygote before its server imports (so torch's import
+    runs beside them): the data plane's Zygote adopts that process rather than starting a
+    second, and one never asked for a worker still ends with the server."""
+    async def main() -> None:
+        early = zygote_module.launch()
+        z = zygote_module.Zygote(startup_timeout=120, early=early)
+        try:
+            await z._start()  # what the first fork does
+            assert z.pid == early[0].pid
+        finally:
+            await z.close()
+        assert early[0].returncode == 0
+
+        unused = zygote_module.launch()
+        await zygote_module.Zygote(startup_timeout=120, early=unused).close()
+        assert unused[0].returncode is not None and not pid_alive(unused[0].pid)
+
+    asyncio.run(main())
+
+
+def test_start_launches_the_zygote_before_the_server_imports(make_server):
+    log = make_server({}).log()
+    # the server's first own line comes once its imports are done, as it starts listening
+    assert log.index("worker zygote started") < log.index("modelserve.http: descriptor limit")

@@ -41,7 +41,7 @@ from modelserve.server.engine.startup import save_snapshots, startup_requests
 from modelserve.server.engine.startup_loader import StartupModels
 from modelserve.server.engine.streams import Stream
 from modelserve.server.engine.ts_snapshot import TsSnapshots
-from modelserve.server.engine.zygote import Zygote
+from modelserve.server.engine.zygote import Launched, Zygote
 from modelserve.server.observability.metrics import ServerMetrics
 
 log = logging.getLogger("modelserve.dataplane")
@@ -63,7 +63,9 @@ def _start_failed(exc: BaseException, what: str) -> ModelServeError:
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+    def __init__(self, settings: Settings, metrics: ServerMetrics,
+                 zygote: Launched | None = None) -> None:
+        """``zygote``: one :func:`~modelserve.server.engine.zygote.launch` made already."""
         self.settings = settings
         self.metrics = metrics
         self.registry = ModelRegistry()
@@ -73,8 +75,8 @@ class DataPlane:
         self.draining = False  # set at SIGTERM: readiness turns false, liveness stays true
         self.snapshot = Snapshot(settings.state_path) if settings.model_snapshot else None
         self.ts_snapshots = TsSnapshots.open(settings)  # TorchServe's logs/config/*.cfg
-        self.zygote = (Zygote(settings.startup_timeout) if settings.worker_start == "zygote"
-                       else None)
+        self.zygote = (Zygote(settings.startup_timeout, zygote)
+                       if settings.worker_start == "zygote" else None)
         self.startup = StartupModels(settings, self.registry, self._add, self._discard,
                                      self.save_state)  # the models named at start
         self.autoscaler = Autoscaler(settings.autoscale, self.registry.all,

@@ -2,6 +2,9 @@
 
 The zygote is started on the first worker's launch and again after it dies; workers forked
 from it look to the pool like ``asyncio.subprocess.Process`` objects (:class:`ForkedProcess`).
+``modelserve start`` launches it (:func:`launch`) before it imports the server, when models
+load at start: the zygote's import of torch (~1.5 s) then runs beside the frontend's own
+imports (~0.7 s) instead of after them, and the first worker is up that much sooner.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -27,6 +31,36 @@ log = logging.getLogger("modelserve.zygote")
 
 class ZygoteError(RuntimeError):
     """The zygote could not start or could not fork."""
+
+
+Launched = tuple[subprocess.Popen[bytes], socket.socket]  # the zygote, our end of its socket
+
+
+def launch() -> Launched:
+    """Start ``python -m modelserve.worker.zygote``; it says it is ready once it has imported
+    torch. Needs no event loop, so the CLI can call it before the server's imports."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelserve.worker.zygote", "--fd", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    log.info("worker zygote started (pid %s)", proc.pid)
+    return proc, ours
+
+
+async def _reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Wait for the zygote to exit (it does at its socket's EOF); kill it past ``timeout``."""
+    try:
+        await asyncio.to_thread(proc.wait, timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
 
 
 class ForkedProcess:
@@ -59,12 +93,14 @@ class ForkedProcess:
 
 
 class Zygote:
-    """One zygote process per frontend, started when first needed."""
+    """One zygote process per frontend, started when first needed (or adopted: ``early``, one
+    :func:`launch` made before the event loop)."""
 
-    def __init__(self, startup_timeout: float = 120.0) -> None:
+    def __init__(self, startup_timeout: float = 120.0, early: Launched | None = None) -> None:
         self.startup_timeout = startup_timeout
         self.pid: int | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._early = early
+        self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None  # our end, for sending (with descriptors)
         self._writer: asyncio.StreamWriter | None = None  # its dup, which asyncio reads
         self._reader_task: asyncio.Task[None] | None = None
@@ -110,32 +146,28 @@ class Zygote:
     async def close(self) -> None:
         """End the zygote (its workers were stopped by their pools)."""
         self._disconnect()
+        if self._early is not None:  # launched, never asked for a worker
+            (proc, sock), self._early = self._early, None
+            sock.close()
+            await _reap(proc)
         if self._proc is not None:
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5.0)
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+            await _reap(self._proc)
         if self._reader_task is not None:
             await self._reader_task
 
     # -- internals ---------------------------------------------------------------------------
     async def _start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self._proc is not None:  # the one before, which exited
+            await _reap(self._proc)
+        (self._proc, ours), self._early = self._early or launch(), None
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelserve.worker.zygote", "--fd", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
             reader, self._writer = await asyncio.open_unix_connection(sock=ours.dup())
         except BaseException:
-            ours.close()
-            if self._proc is not None and self._proc.returncode is None:
-                self._proc.kill()  # its socket is gone: it reads EOF and would exit anyway
+            ours.close()  # the zygote reads EOF and would exit anyway
+            self._proc.kill()
+            await _reap(self._proc)
             self._proc = None
             raise
-        finally:
-            theirs.close()
         try:
             hello = await asyncio.wait_for(ipc.read_frame(reader), self.startup_timeout)
         except TimeoutError:
