@@ -82,10 +82,14 @@ image:
 # tests/integration: real servers on free loopback ports, real workers, real tools.
 # The container images build in the background meanwhile (niced; log in .venv/images.log):
 # tests/integration/test_container.py runs last and waits for them (docker/engine.sh's lock).
+# TEST_WORKERS pytest processes (pytest-xdist), each running one test file at a time: most
+# tests wait on servers, workers and timeouts, so two take ~8 min where one took ~13.
+TEST_WORKERS ?= 2
 test: install-dev
 	$(BIN)/ruff check modelserve tests bench docker docs
 	nice -n 10 bash docker/engine.sh images $(IMAGE) >$(VENV)/images.log 2>&1 & \
-	$(BIN)/python -m pytest -q --durations=15; status=$$?; wait; exit $$status
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15; \
+	status=$$?; wait; exit $$status
 
 test-unit: install-dev
 	$(BIN)/python -m pytest -q tests/unit

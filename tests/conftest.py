@@ -57,13 +57,24 @@ _EPHEMERAL_LOW = _ephemeral_low()
 _handed_out: set[int] = set()
 
 
+def _port_range() -> tuple[int, int]:
+    """Ports 10000 up to the ephemeral range, split between pytest-xdist's processes (each
+    knows only the ports it handed out itself)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    width = max(0, _EPHEMERAL_LOW - 10000) // max(1, count)
+    return 10000 + index * width, 10000 + (index + 1) * width
+
+
 def free_port() -> int:
     """A port nothing listens on, below the kernel's ephemeral range and not handed out
     before in this run. A port the kernel picks (bind to 0) is one any outgoing connection
     may take as its own local port before the server binds it (a CI run lost a test to
     that: "address already in use"); below the range only another listener can."""
-    for _ in range(1000 if _EPHEMERAL_LOW > 12000 else 0):
-        port = random.randrange(10000, _EPHEMERAL_LOW)
+    low, high = _port_range()
+    for _ in range(1000 if high - low > 2000 else 0):
+        port = random.randrange(low, high)
         if port in _handed_out:
             continue
         with socket.socket() as s:
