@@ -147,6 +147,9 @@ MODEL_CONFIG_NOTES = {
                          "a new one past it is 503."),
     "max_sequence_job_queue_size": (None, "Requests of one sequence waiting at once; one "
                                     "more is 503."),
+    "continuous_batching": (None, "A batch runs step by step, new requests joining between "
+                            "steps; an answer with ts_stream_next: true is one chunk "
+                            "([Continuous batching](batching.md#continuous-batching))."),
 }
 
 

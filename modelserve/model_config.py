@@ -58,6 +58,8 @@ class ModelConfig(BaseModel):
     max_num_sequence: int = Field(1, ge=1, le=2**31 - 1, alias="maxNumSequence")
     max_sequence_job_queue_size: int = Field(1, ge=1, le=2**31 - 1,
                                              alias="maxSequenceJobQueueSize")
+    # TorchServe's continuous batching: a batch runs step by step (engine/continuous.py)
+    continuous_batching: bool = Field(False, alias="continuousBatching")
 
     @property
     def sequenced(self) -> bool:

@@ -89,7 +89,10 @@ class BatchRunner:
     def _call_ts(self, reqs: list[list[Any]]) -> list[list[Any]]:
         ctx = self.context
         ctx.begin_batch([r[0] for r in reqs], [r[3] for r in reqs])
-        data = [decode_request(content_type, body) for _, content_type, body, _ in reqs]
+        # no body: a continuous batch's request after its first step (its state is the
+        # handler's), which TorchServe's backend hands over as an empty input
+        data = [{} if body is None else decode_request(content_type, body)
+                for _, content_type, body, _ in reqs]
         results = self.entry(data, ctx)
         if not isinstance(results, list):
             if streaming.is_stream(results):
@@ -99,9 +102,22 @@ class BatchRunner:
             raise ValueError(
                 f"handler returned {len(results)} results for a batch of {len(reqs)} requests"
             )
+        if ctx.stopping_criteria:
+            _stream_next(results, ctx)
         if self.streamer.active:  # it sent intermediate responses: these are the last chunks
             return self.streamer.finish(results, ctx)
         try:
             return [encode_response(result, idx, ctx) for idx, result in enumerate(results)]
         except StreamFound:  # some results are generators
             return self.streamer.run_list(results, ctx)
+
+
+def _stream_next(results: list[Any], ctx: Context) -> None:
+    """TorchServe's ``context.stopping_criteria``: a callable per request, given its result;
+    False (more to come) or True sets its ``ts_stream_next`` answer header, None leaves it.
+    Continuous batching keeps a request with ``ts_stream_next: true`` in the batch."""
+    criteria = ctx.stopping_criteria
+    for idx, result in enumerate(results):
+        stop = criteria[idx](result) if idx < len(criteria) else None
+        if stop is not None:
+            ctx.set_response_header(idx, "ts_stream_next", "false" if stop else "true")

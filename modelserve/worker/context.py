@@ -7,6 +7,7 @@ request headers and ids, and set response status, content type and headers throu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from modelserve import __version__
@@ -48,6 +49,9 @@ class Context:
         self.header_key_sequence_id = "ts_request_sequence_id"
         self.header_key_sequence_start = "ts_request_sequence_start"
         self.header_key_sequence_end = "ts_request_sequence_end"
+        # set by a handler: one callable per request of the batch, given its result, saying
+        # whether its answer is the last (worker/batch.py's _stream_next, as TorchServe's)
+        self.stopping_criteria: list[Callable[[Any], bool | None]] | None = None
 
     @property
     def system_properties(self) -> dict[str, Any]:

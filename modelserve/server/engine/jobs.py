@@ -29,7 +29,7 @@ class Result(NamedTuple):
 
     status: int
     content_type: str
-    body: bytes
+    body: bytes | None  # None: a continuous batch's request after its first step
     headers: dict[str, str]
     batch_size: int = 1
     tensors: list[list[Any]] | None = None  # OIP v2: [[name, datatype, shape, raw], ...]
@@ -39,7 +39,7 @@ class Result(NamedTuple):
 class Job:
     request_id: str
     content_type: str
-    body: bytes
+    body: bytes | None  # None: a continuous batch's request after its first step
     headers: dict[str, str]
     future: asyncio.Future[Result]
     arrival: float = field(default_factory=time.perf_counter)

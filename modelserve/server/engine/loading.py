@@ -16,6 +16,7 @@ from modelserve.archive.requirements import RequirementsError, install_requireme
 from modelserve.config import ModelConfig, Settings
 from modelserve.errors import BadRequestError
 from modelserve.server.engine.batching import Batcher
+from modelserve.server.engine.continuous import ContinuousBatcher
 from modelserve.server.engine.jobs import Job
 from modelserve.server.engine.pool import WorkerPool
 from modelserve.server.engine.registration import RegisterRequest
@@ -111,7 +112,8 @@ async def requirement_paths(settings: Settings, archive: Archive) -> tuple[str, 
 
 
 def _batcher(name: str, version: str, pool: WorkerPool, config: ModelConfig) -> Batcher:
-    """The version's batcher: by sequence for a stateful model, else one queue."""
+    """The version's batcher: by sequence for a stateful model, step by step for continuous
+    batching, else one queue."""
     if config.sequenced:
         return SequenceBatcher(name, pool, config.batch_size, config.max_batch_delay,
                                config.job_queue_size, config.response_timeout,
@@ -119,6 +121,9 @@ def _batcher(name: str, version: str, pool: WorkerPool, config: ModelConfig) -> 
                                timeout_ms=config.sequence_timeout_ms,
                                max_sequences=config.max_sequences,
                                max_queued=config.max_sequence_job_queue_size)
+    if config.continuous_batching:
+        return ContinuousBatcher(name, pool, config.batch_size, config.max_batch_delay,
+                                 config.job_queue_size, queue_timeout_s=config.response_timeout)
     if config.sequence_batching:  # TorchServe then refuses every request (no job groups)
         log.warning("%s %s: sequenceBatching needs a positive sequenceMaxIdleMSec; its "
                     "requests are batched without sequences", name, version)

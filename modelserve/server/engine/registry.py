@@ -54,7 +54,7 @@ class ModelVersion:
             "parallelType": "",
             "parallelLevel": 0,
             "deviceType": cfg.device_type or "cpu",
-            "continuousBatching": False,
+            "continuousBatching": cfg.continuous_batching,
             "useJobTicket": False,
             "useVenv": False,
             # TorchServe's: the flag as configured, the rest only with a positive idle time
