@@ -311,3 +311,26 @@ def test_gpu_room_is_read_for_the_device_the_next_worker_gets(monkeypatch):
     gpu.pool.next_index = 3  # cuda:1: 70 GB free, workers take 40 GB each on average
     got = asyncio.run(scaler._gpu_rooms(claims, {"gpu": gpu, "cpu": cpu}))
     assert got[0].gpu_room is True
+
+
+@pytest.mark.parametrize(("keys", "scaled"), [
+    ({}, True),
+    ({"continuousBatching": True}, False),  # its running requests' state is in the worker
+    ({"sequenceBatching": True, "sequenceMaxIdleMSec": 1000}, False),  # a sequence's too
+    ({"sequenceBatching": True}, True),  # no idle time: no sequences, TorchServe's rule
+])
+def test_models_whose_state_lives_in_their_workers_are_not_autoscaled(keys, scaled):
+    from modelserve.model_config import ModelConfig
+
+    async def attach() -> SimpleNamespace:
+        scaler = Autoscaler(AutoscaleSettings(), lambda: [], lambda name: False)
+        mv = fake_version([worker()], [])
+        mv.config = ModelConfig.model_validate({"minWorkers": 1, "maxWorkers": 3, **keys})
+        mv.batcher.on_demand = None
+        mv.scaling = None
+        scaler.attach(mv)
+        await scaler.close()
+        return mv
+
+    mv = asyncio.run(attach())
+    assert mv.scaling.knobs.enabled is scaled

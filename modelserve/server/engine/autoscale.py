@@ -93,7 +93,8 @@ class Autoscaler:
         """A new version: its autoscaling state (its model-config.yaml ``autoscale:`` over
         the server's), and a request that finds no worker asks for one."""
         knobs = self.settings.merged(mv.config.autoscale)
-        if mv.config.sequenced:  # a stateful model's sequences live in their workers
+        # a stateful model's sequences, a continuous batch's requests: state in their workers
+        if mv.config.sequenced or mv.config.continuous_batching:
             knobs = knobs.model_copy(update={"enabled": False})
         mv.scaling = ScaleState(knobs, last_change=time.perf_counter())
         mv.batcher.on_demand = lambda: self._demand(mv)
