@@ -39,6 +39,9 @@ def _header_value(value: Any) -> Any:
 
 
 CorsValue = Annotated[str | None, BeforeValidator(_header_value)]
+# an HTTP header's name (a token), lower-cased as the frontend sees request headers
+HeaderName = Annotated[str, BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str)
+                                            else v), Field(pattern=r"^[!#$%&'*+.^_`|~0-9a-z-]+$")]
 
 
 class Settings(BaseSettings):
@@ -102,6 +105,15 @@ class Settings(BaseSettings):
                                                 if isinstance(v, str) else v)] = Field(
         None, description="TorchServe's request envelope around every handler (kserve, "
         "kservev2, json, body: modelserve.worker.envelopes); None: plain request dicts.")
+    ts_header_key_sequence_id: HeaderName = Field(
+        "ts_request_sequence_id", description="Sequence batching: the header naming a "
+        "request's sequence (TorchServe's config.properties key of the same name).")
+    ts_header_key_sequence_start: HeaderName = Field(
+        "ts_request_sequence_start", description="Sequence batching: the header the frontend "
+        "adds, true, to the first request of a sequence it opened.")
+    ts_header_key_sequence_end: HeaderName = Field(
+        "ts_request_sequence_end", description="Sequence batching: the answer header by which "
+        "a handler ends sequences (their ids, ;-separated).")
     allowed_urls: list[str] = Field(
         default_factory=list,
         description="Regexes of http(s)/file URLs that POST /models may fetch; empty: only "

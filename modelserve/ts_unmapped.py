@@ -66,8 +66,6 @@ _NETTY_IO = _harmless("Netty I/O setting; the frontend runs on uvloop")
 _SNAPSHOT_FIELD = _harmless("written by TorchServe into its snapshots; informational")
 _GRPC = _unsupported("gRPC connections have no maximum age here (grpcio's default, and "
                       "TorchServe's when the key is unset)")
-_SEQUENCE = _unsupported("sequence batching uses TorchServe's default header names "
-                         "(ts_request_sequence_id, _start, _end); other names are not read")
 _IPEX = _depends(_when_false, "Intel Extension for PyTorch is never applied here")
 _CPU_LAUNCHER = (
     "workers are not started through torch's CPU launcher; threads_per_worker sets their threads"
@@ -113,9 +111,6 @@ IGNORED: dict[str, _Rule] = {
                                            "API is served here"),
     "default_service_handler": _unsupported("an archive must name its handler in its "
                                             "manifest"),
-    "ts_header_key_sequence_id": _SEQUENCE,
-    "ts_header_key_sequence_start": _SEQUENCE,
-    "ts_header_key_sequence_end": _SEQUENCE,
     # Security (TLS and CORS keys are mapped): no environment filter.
     "blacklist_env_vars": _depends(_when_empty, "workers inherit the server's whole "
                                    "environment; unset secrets before starting modelserve"),

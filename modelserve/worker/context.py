@@ -6,6 +6,7 @@ request headers and ids, and set response status, content type and headers throu
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,10 +46,15 @@ class Context:
         self._response_status: dict[int, tuple[int, str]] = {}
         self._response_headers: dict[int, dict[str, str]] = {}
         self.start_time = time.time()
-        # the headers of sequence batching (stateful handlers read them by these names)
-        self.header_key_sequence_id = "ts_request_sequence_id"
-        self.header_key_sequence_start = "ts_request_sequence_start"
-        self.header_key_sequence_end = "ts_request_sequence_end"
+        # the headers of sequence batching (stateful handlers read them by these names):
+        # TorchServe's defaults unless the variables say otherwise (the frontend sets them
+        # from ts_header_key_sequence_*, which TorchServe leaves to the operator)
+        self.header_key_sequence_id = os.getenv("TS_REQUEST_SEQUENCE_ID",
+                                                "ts_request_sequence_id")
+        self.header_key_sequence_start = os.getenv("TS_REQUEST_SEQUENCE_START",
+                                                   "ts_request_sequence_start")
+        self.header_key_sequence_end = os.getenv("TS_REQUEST_SEQUENCE_END",
+                                                 "ts_request_sequence_end")
         # set by a handler: one callable per request of the batch, given its result, saying
         # whether its answer is the last (worker/batch.py's _stream_next, as TorchServe's)
         self.stopping_criteria: list[Callable[[Any], bool | None]] | None = None

@@ -121,3 +121,39 @@ def test_a_closed_sequence_is_not_opened_again(srv: Server):
     assert "please check if it is closed, or expired" in late.json()["message"]
     assert post(srv, "brief", 0, "ended").text == "end"
     assert post(srv, "brief", 1, "ended").status_code == 503
+
+
+def test_config_properties_renames_the_sequence_headers(tmp_path: Path):
+    """ts_header_key_sequence_id / _start / _end (ConfigManager): the frontend reads and
+    writes the configured names, and the handler's context.header_key_sequence_* (TorchServe's
+    ts/context.py, from the TS_REQUEST_SEQUENCE_* variables) name the same headers."""
+    src, store = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    store.mkdir()
+    handler_archive(src, store, "stateful", STATEFUL_HANDLER, SINGLE)
+    props = tmp_path / "config.properties"
+    props.write_text("disable_token_authorization=true\n"
+                     "ts_header_key_sequence_id=X-Session\n"
+                     "ts_header_key_sequence_start=x-session-start\n"
+                     "ts_header_key_sequence_end=x-session-end\n")
+    server = Server(tmp_path, store, ["stateful.mar"], extra_args=["--ts-config", str(props)])
+    server.start()
+    try:
+        def send(number: int, headers: dict[str, str]) -> httpx.Response:
+            return httpx.post(f"{server.inference}/predictions/stateful",
+                              content=str(number).encode(), headers=headers, timeout=30)
+
+        first = send(5, {})  # a new sequence: the handler saw x-session-start and reset
+        assert (first.status_code, first.text) == (200, "5")
+        session = first.headers["x-session"]
+        assert session.startswith("ts-seq-") and "ts_request_sequence_id" not in first.headers
+        assert send(3, {"X-Session": session}).text == "8"
+        end = send(0, {"x-session": session})  # the handler ends it by the configured name
+        assert (end.text, end.headers["x-session-end"]) == ("end", session)
+        assert send(1, {"x-session": session}).status_code == 503  # closed
+        # the default name is an ordinary header now: this opens a sequence of its own
+        other = send(2, {"ts_request_sequence_id": session})
+        assert (other.status_code, other.text) == (200, "2")
+        assert other.headers["x-session"] != session
+    finally:
+        assert not server.stop()

@@ -35,7 +35,6 @@ from modelserve.server.engine.loading import (
 from modelserve.server.engine.pool import cpu_count
 from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelRegistry, ModelVersion
-from modelserve.server.engine.sequences import SEQUENCE_ID
 from modelserve.server.engine.snapshot import Snapshot
 from modelserve.server.engine.startup import save_snapshots, startup_requests
 from modelserve.server.engine.startup_loader import StartupModels
@@ -105,9 +104,10 @@ class DataPlane:
         streamed = False
         try:
             result = await job.future
-            if job.sequence and result.__class__ is Result \
-                    and SEQUENCE_ID not in result.headers:  # the id a client goes on with
-                result = result._replace(headers={**result.headers, SEQUENCE_ID: job.sequence})
+            if job.sequence and result.__class__ is Result:  # the id a client goes on with
+                name = mv.batcher.headers.id  # type: ignore[attr-defined]  # SequenceBatcher
+                if name not in result.headers:
+                    result = result._replace(headers={**result.headers, name: job.sequence})
             if result.__class__ is Stream:
                 streamed = True
                 result.on_close(lambda: _observe(mv, version, job))  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from modelserve.server.engine.jobs import Job
 from modelserve.server.engine.pool import WorkerPool
 from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelVersion
-from modelserve.server.engine.sequences import SequenceBatcher
+from modelserve.server.engine.sequences import SequenceBatcher, SequenceHeaders
 from modelserve.server.engine.worker_spec import WorkerSpec
 from modelserve.server.engine.zygote import Zygote
 from modelserve.server.observability.metrics import ServerMetrics
@@ -111,7 +111,8 @@ async def requirement_paths(settings: Settings, archive: Archive) -> tuple[str, 
     return (str(target),)
 
 
-def _batcher(name: str, version: str, pool: WorkerPool, config: ModelConfig) -> Batcher:
+def _batcher(name: str, version: str, pool: WorkerPool, config: ModelConfig,
+             headers: SequenceHeaders) -> Batcher:
     """The version's batcher: by sequence for a stateful model, step by step for continuous
     batching, else one queue."""
     if config.sequenced:
@@ -120,7 +121,8 @@ def _batcher(name: str, version: str, pool: WorkerPool, config: ModelConfig) -> 
                                max_idle_ms=config.sequence_max_idle_ms,
                                timeout_ms=config.sequence_timeout_ms,
                                max_sequences=config.max_sequences,
-                               max_queued=config.max_sequence_job_queue_size)
+                               max_queued=config.max_sequence_job_queue_size,
+                               headers=headers)
     if config.continuous_batching:
         return ContinuousBatcher(name, pool, config.batch_size, config.max_batch_delay,
                                  config.job_queue_size, queue_timeout_s=config.response_timeout)
@@ -156,6 +158,7 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
         batch_threads=0 if config.batch_threads == "auto" else config.batch_threads,
         envelope=settings.service_envelope,
         lifecycle_log=settings.lifecycle_log,
+        extra_env=tuple(SequenceHeaders.of(settings).worker_env().items()),
     )
     metrics = server_metrics.for_version(name, version)
 
@@ -176,7 +179,7 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
 
     pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote)
     pool.on_ready = metrics.worker_loaded
-    batcher = _batcher(name, version, pool, config)
+    batcher = _batcher(name, version, pool, config, SequenceHeaders.of(settings))
     pool.requeue = batcher.requeue
 
     def limit_batch(limit: int) -> None:  # describe shows the batch size actually served

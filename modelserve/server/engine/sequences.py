@@ -33,6 +33,7 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
+from modelserve.config import Settings
 from modelserve.errors import ServiceUnavailableError
 from modelserve.server.engine.batching import QUEUE_SWEEP_S, Batcher
 from modelserve.server.engine.jobs import Job, Result
@@ -45,6 +46,30 @@ SEQUENCE_ID = "ts_request_sequence_id"  # TorchServe's default header names
 SEQUENCE_START = "ts_request_sequence_start"
 SEQUENCE_END = "ts_request_sequence_end"
 CLOSED_KEPT = 10_000  # closed sequence ids remembered (refused), the oldest forgotten first
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceHeaders:
+    """The header names of sequence batching: config.properties' (and config.yaml's)
+    ``ts_header_key_sequence_id``, ``_start`` and ``_end``."""
+
+    id: str = SEQUENCE_ID
+    start: str = SEQUENCE_START
+    end: str = SEQUENCE_END
+
+    @classmethod
+    def of(cls, settings: Settings) -> SequenceHeaders:
+        return cls(settings.ts_header_key_sequence_id, settings.ts_header_key_sequence_start,
+                   settings.ts_header_key_sequence_end)
+
+    def worker_env(self) -> dict[str, str]:
+        """The variables TorchServe's ``ts/context.py`` takes the names from, for those that
+        are not the defaults (TorchServe leaves setting them to the operator; unset, the
+        handler's ``context.header_key_sequence_*`` would name headers nobody sends)."""
+        names = {"TS_REQUEST_SEQUENCE_ID": (self.id, SEQUENCE_ID),
+                 "TS_REQUEST_SEQUENCE_START": (self.start, SEQUENCE_START),
+                 "TS_REQUEST_SEQUENCE_END": (self.end, SEQUENCE_END)}
+        return {var: name for var, (name, default) in names.items() if name != default}
 
 
 @dataclass(eq=False, slots=True)
@@ -65,13 +90,15 @@ class SequenceBatcher(Batcher):
 
     def __init__(self, name: str, pool: WorkerPool, batch_size: int, max_batch_delay_ms: float,
                  queue_size: int, queue_timeout_s: float, *, max_idle_ms: int,
-                 timeout_ms: int, max_sequences: int, max_queued: int) -> None:
+                 timeout_ms: int, max_sequences: int, max_queued: int,
+                 headers: SequenceHeaders = SequenceHeaders()) -> None:
         super().__init__(name, pool, batch_size, max_batch_delay_ms, queue_size,
                          queue_timeout_s)
         self.max_idle = max_idle_ms / 1000.0
         self.timeout = timeout_ms / 1000.0 if timeout_ms > 0 else math.inf
         self.max_sequences = max_sequences
         self.max_queued = max_queued
+        self.headers = headers
         self.sequences: dict[str, Sequence] = {}
         self.closed: OrderedDict[str, None] = OrderedDict()
 
@@ -90,10 +117,11 @@ class SequenceBatcher(Batcher):
     def submit(self, job: Job) -> None:
         if (error := self._closed or self._no_worker()) is not None:
             raise error
-        sid = job.headers.get(SEQUENCE_ID)
+        names = self.headers
+        sid = job.headers.get(names.id)
         if not sid:
-            sid = job.headers[SEQUENCE_ID] = f"ts-seq-{uuid.uuid4()}"
-            job.headers[SEQUENCE_START] = "true"
+            sid = job.headers[names.id] = f"ts-seq-{uuid.uuid4()}"
+            job.headers[names.start] = "true"
         seq = self.sequences.get(sid)
         if seq is not None and self._expired(seq, time.perf_counter()):
             self._close(sid)  # whether or not the sweep came round to it yet
@@ -147,7 +175,8 @@ class SequenceBatcher(Batcher):
         future = job.future
         if not future.cancelled() and future.exception() is None:
             result = future.result()
-            ended = result.headers.get(SEQUENCE_END) if result.__class__ is Result else None
+            ended = result.headers.get(self.headers.end) if result.__class__ is Result \
+                else None
             if ended:
                 for sid in ended.split(";"):
                     self._end(sid.strip())

@@ -29,10 +29,11 @@ class WorkerSpec:
     metrics_config: str | None = None  # TorchServe's metrics.yaml, for the handler's cache
     envelope: str | None = None  # TorchServe's service_envelope (modelserve.worker.envelopes)
     lifecycle_log: str = "modelserve"  # torchserve: start failures logged in TorchServe's words
+    extra_env: tuple[tuple[str, str], ...] = ()  # e.g. sequence batching's header names
 
     def env(self) -> dict[str, str]:
         """The thread variables are the worker's own to set (``--threads``), before torch."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(self.extra_env)}
         if self.extra_paths:
             env["PYTHONPATH"] = os.pathsep.join(
                 [*self.extra_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
