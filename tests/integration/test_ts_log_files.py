@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,11 +18,17 @@ from tests.conftest import Server, handler_archive, wait_for
 
 # a handler that prints (model_log.log) and emits a declared and an undeclared metric
 HANDLER = textwrap.dedent('''
+    import time
+
+
     class MetricsHandler:
         def initialize(self, context):
             print("tsm handler initialized", flush=True)
 
         def handle(self, data, context):
+            body = data[0].get("body")
+            if isinstance(body, dict) and body.get("sleep"):
+                time.sleep(body["sleep"])
             context.metrics.add_time("HandlerTime", 1.5)
             context.metrics.add_counter("SizeOfThing", 3)
             print(f"tsm handled {len(data)}", flush=True)
@@ -125,6 +132,25 @@ def test_torchserve_personality_writes_the_five_files(ts_server):
     assert "SizeOfThing" not in model_metrics.read_text()
     # as TorchServe: in log mode its metrics are log lines, not on /metrics
     assert "Requests2XX" not in httpx.get(f"{ts_server.metrics}/metrics").text
+
+
+def test_metric_lines_come_when_torchserve_writes_them(ts_server):
+    """InferenceRequestHandler counts a request (ts_inference_requests_total) before it
+    runs, and TorchServe's worker prints its metrics before it answers: test_metrics.py reads
+    both files right after its request's answer (here they once came after it, and that test
+    failed on a busy machine)."""
+    logs = ts_server.root / "logs"
+    counted = rf"{TIME} - ts_inference_requests_total\.Count:1\.0\|#model_name:tsm,.*"
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, f"{ts_server.inference}/predictions/tsm",
+                             json={"sleep": 2.0}, headers={"X-Request-ID": "slow-1"},
+                             timeout=30)
+        lines_of(logs / "ts_metrics.log", counted, timeout=1.5)
+        assert not answer.done(), "counted only once answered"
+        assert answer.result().status_code == 200
+    # no waiting: the lines were written before the answer was sent
+    assert re.search(r"PredictionTime\.ms:[\d.]+\|#ModelName:tsm,Level:Model\|#hostname:[^,]+,"
+                     r"requestID:slow-1", (logs / "model_metrics.log").read_text())
 
 
 def test_locations_and_a_metrics_config(tsm_store, tmp_path, monkeypatch):

@@ -99,6 +99,7 @@ def test_metrics_log_writes_what_is_selected(caplog):
     caplog.set_level(logging.INFO)
     log = MetricsLog(load_selection(None), hostname="web-1")
     log.status(404)
+    log.received("digits", "default")  # as the request reaches its model
     log.request("digits", "default", 0.0125, 0.002)
     log.worker_loaded("W-9000-digits_1.0", 812.4)
     events = [("gauge", "HandlerTime", "ms", {"ModelName": "digits", "Level": "Model"}, 2.5),
@@ -275,8 +276,9 @@ def test_torchserve_exposition_follows_the_metrics_mode(caplog):
     assert "# TYPE GPUUtilization gauge" in exposition.render().decode()  # no sample yet
     for status in (200, 200, 404):
         log.status(status)
-    log.request("m", "default", 0.5, 0.25)
-    log.request("m", "default", 0.5, 0.125)
+    for queued in (0.25, 0.125):
+        log.received("m", "default")
+        log.request("m", "default", 0.5, queued)
     log.batch("m", ["r1"], 2.0, 3.0, [["counter", "Calls", "count", {"ModelName": "m"}, 1],
                                       ["histogram", "Size", "kB", {"ModelName": "m"}, 0.02]])
     text = exposition.render().decode()

@@ -100,6 +100,8 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2,
                   gone=CLIENT_GONE.get())
+        if mv.metrics.log is not None:
+            mv.metrics.received(version)
         mv.batcher.submit(job)
         streamed = False
         try:

@@ -9,7 +9,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from modelserve.errors import ModelServeError
+from modelserve import ipc
+from modelserve.errors import BadRequestError, ModelServeError
 
 # the current request's "has my client left?" (None: not known for this transport)
 CLIENT_GONE: ContextVar[Callable[[], bool] | None] = ContextVar("client_gone", default=None)
@@ -62,3 +63,18 @@ class Job:
     def resolve(self, result: Result) -> None:
         if not self.future.done():
             self.future.set_result(result)
+
+
+def infer_frame(batch_id: int, jobs: list[Job]) -> bytes:
+    """The ``infer`` frame of a batch (see modelserve.ipc)."""
+    return ipc.encode({"op": "infer", "id": batch_id, "reqs": [job.wire() for job in jobs]})
+
+
+def encodable(job: Job) -> bool:
+    """Whether the job fits in a frame; if not, it is failed with a 400."""
+    try:
+        ipc.encode({"reqs": [job.wire()]})
+    except ipc.ENCODE_ERRORS as exc:
+        job.fail(BadRequestError(f"request cannot be passed to the worker: {exc}"))
+        return False
+    return True

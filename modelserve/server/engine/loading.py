@@ -177,7 +177,9 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
     def on_change() -> None:
         batcher.wake()
 
-    pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote)
+    # metric lines in the log (TorchServe's metrics_mode log): written before the answers go
+    pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote,
+                      batch_done_first=metrics.log is not None)
     pool.on_ready = metrics.worker_loaded
     batcher = _batcher(name, version, pool, config, SequenceHeaders.of(settings))
     pool.requeue = batcher.requeue

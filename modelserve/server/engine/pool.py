@@ -33,10 +33,11 @@ class WorkerPool:
     def __init__(self, spec: WorkerSpec, threads: Callable[[int], int],
                  on_change: Callable[[], None],
                  on_batch_done: Callable[[list[Job], float, list[Any], float], None],
-                 zygote: Zygote | None = None) -> None:
+                 zygote: Zygote | None = None, batch_done_first: bool = False) -> None:
         """``threads(workers)`` says, when a worker starts, how many threads it should use
         while its version wants ``workers`` workers; workers are forked by ``zygote`` when
-        there is one."""
+        there is one. ``batch_done_first``: ``on_batch_done`` runs before a batch's answers
+        are released, else just after."""
         self.spec = spec
         self.zygote = zygote
         self._threads = threads
@@ -45,6 +46,7 @@ class WorkerPool:
         self.restarts = 0
         self._on_change = on_change
         self._on_batch_done = on_batch_done
+        self._batch_done_first = batch_done_first
         self._backoff = 1.0
         self._restart_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -157,6 +159,7 @@ class WorkerPool:
                                most_threads=self._threads(1))
         self._next_index += 1
         worker.on_batch_done = self._on_batch_done
+        worker.batch_done_first = self._batch_done_first
         worker.on_orphans = self._orphans
         worker.on_timed_out = self._timed_out
         worker.on_batch_limit = lambda limit: self.limit_batch(limit)

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from modelserve import ipc
-from modelserve.errors import BadRequestError, ModelServeError, RequestTimeoutError, WorkerDiedError
+from modelserve.errors import ModelServeError, RequestTimeoutError, WorkerDiedError
 from modelserve.server.engine import streams as streaming
-from modelserve.server.engine.jobs import Job, Result
+from modelserve.server.engine.jobs import Job, Result, encodable, infer_frame
 from modelserve.server.engine.worker_spec import WorkerSpec
 from modelserve.server.engine.zygote import ForkedProcess, Zygote, ZygoteError
 from modelserve.server.observability.procfs import rss_bytes
@@ -36,20 +36,6 @@ output_log = logging.getLogger("modelserve.workers.output")  # what the workers 
 
 _worker_ids = itertools.count(9000)  # TorchServe numbers its workers from 9000
 STDERR_TAIL = 20
-
-
-def _infer_frame(batch_id: int, jobs: list[Job]) -> bytes:
-    return ipc.encode({"op": "infer", "id": batch_id, "reqs": [job.wire() for job in jobs]})
-
-
-def _encodable(job: Job) -> bool:
-    """Whether the job fits in a frame; if not, it is failed with a 400."""
-    try:
-        ipc.encode({"reqs": [job.wire()]})
-    except ipc.ENCODE_ERRORS as exc:
-        job.fail(BadRequestError(f"request cannot be passed to the worker: {exc}"))
-        return False
-    return True
 
 
 class WorkerLoadError(ModelServeError):
@@ -104,8 +90,10 @@ class WorkerProcess:
         self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # (jobs, handler ms, its metrics, answer time), run once the answers are written
+        # (jobs, handler ms, its metrics, answer time), run once the answers are written, or
+        # before (batch_done_first: metric lines a client reads after its answer)
         self.on_batch_done: Callable[[list[Job], float, list[Any], float], None] | None = None
+        self.batch_done_first = False
         # a dead worker's in-flight jobs and their error: the pool retries or fails them
         self.on_orphans: Callable[[list[Job], ModelServeError], None] = _fail_all
         self.on_timed_out: Callable[[], None] = lambda: None
@@ -222,14 +210,14 @@ class WorkerProcess:
     def send(self, jobs: list[Job]) -> None:
         batch_id = next(self._ids)
         try:
-            frame = _infer_frame(batch_id, jobs)
+            frame = infer_frame(batch_id, jobs)
         except ipc.ENCODE_ERRORS:
             # a request the input checks let through but the frame cannot carry: it alone
             # gets a 400, the rest of the batch goes on
-            jobs = [job for job in jobs if _encodable(job)]
+            jobs = [job for job in jobs if encodable(job)]
             if not jobs:
                 return
-            frame = _infer_frame(batch_id, jobs)
+            frame = infer_frame(batch_id, jobs)
         now = time.perf_counter()
         for job in jobs:
             job.dispatched = now
@@ -298,6 +286,9 @@ class WorkerProcess:
         if jobs is None:
             return  # already timed out
         out = msg["out"]
+        done = (jobs, msg.get("ms", 0.0), msg.get("metrics") or [], time.perf_counter())
+        if self.on_batch_done is not None and self.batch_done_first:
+            self.on_batch_done(*done)  # its metric lines reach the log before the answers
         streams = self._streams.pop(batch_id, None)
         if streams is not None:
             streaming.finish(streams, jobs, out, WorkerDiedError(
@@ -309,10 +300,9 @@ class WorkerProcess:
                 err = WorkerDiedError(f"worker answered {len(out)} of {len(jobs)} requests")
                 for job in jobs[len(out):]:
                     job.fail(err)
-        if self.on_batch_done is not None:
+        if self.on_batch_done is not None and not self.batch_done_first:
             # the requests' tasks, woken above, run first: the bookkeeping never delays them
-            asyncio.get_running_loop().call_soon(self.on_batch_done, jobs, msg.get("ms", 0.0),
-                                                 msg.get("metrics") or [], time.perf_counter())
+            asyncio.get_running_loop().call_soon(self.on_batch_done, *done)
         self._on_change()
 
     async def _read_results(self, reader: asyncio.StreamReader) -> None:

@@ -240,6 +240,12 @@ class VersionMetrics:
         if self.log is not None:
             self.log.request(self.model, requested or "default", latency_s, queue_s)
 
+    def received(self, requested: str | None) -> None:
+        """A request reached the model: TorchServe's metric line for it (log mode only; the
+        counters count answered requests)."""
+        if self.log is not None:
+            self.log.received(self.model, requested or "default")
+
     def worker_loaded(self, worker_id: int, ms: float) -> None:
         """A worker became ready ``ms`` after it was started (the metrics log only)."""
         if self.log is not None:

@@ -177,10 +177,14 @@ class MetricsLog:
         """NettyUtils.sendHttpResponse: one RequestsNXX line per answered request."""
         self.frontend(f"Requests{status // 100}XX", ["Host"], 1)
 
+    def received(self, model: str, version: str) -> None:
+        """An inference request reached its model (InferenceRequestHandler counts it there,
+        before it runs)."""
+        self.frontend("ts_inference_requests_total", [model, version], 1)
+
     def request(self, model: str, version: str, latency_s: float, queue_s: float) -> None:
-        """An answered inference request (InferenceRequestHandler and RestJob.response)."""
+        """An answered inference request (RestJob.response)."""
         labels = [model, version]
-        self.frontend("ts_inference_requests_total", labels, 1)
         self.frontend("ts_inference_latency_microseconds", labels, latency_s * 1e6)
         self.frontend("ts_queue_latency_microseconds", labels, queue_s * 1e6)
         self.frontend("QueueTime", ["Host"], int(queue_s * 1000))
