@@ -11,63 +11,38 @@ from modelserve.errors import ModelServeError
 from modelserve.server.engine.continuous import STREAM_NEXT, ContinuousBatcher
 from modelserve.server.engine.jobs import Job, Result
 from modelserve.server.engine.streams import Stream
+from tests.unit.fake_workers import FakeWorker
 
 
-class GeneratingWorker:
+class GeneratingWorker(FakeWorker):
     """Each step: a request with a body ``N`` starts with N tokens to go; every request of
     the step gets one token (``t<k>``) and ``ts_stream_next: true`` until its last. A step
     that brings data for a request it holds, or none for one it does not, is a bug here."""
 
     def __init__(self, pool: FakePool, compute_s: float = 0.005) -> None:
-        self.pool = pool
-        self.compute_s = compute_s
-        self.status = "READY"
-        self.inflight: dict[int, list[Job]] = {}
-        self.steps: list[list[str]] = []  # the request ids of each step
+        super().__init__(pool, compute_s)
+        self.steps = self.batches  # the request ids of each step
         self.left: dict[str, int] = {}
         self.done: dict[str, int] = {}
-        self._next = 0
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._task = asyncio.create_task(self._serve())
-
-    @property
-    def idle(self) -> bool:
-        return self.status == "READY" and not self.inflight
-
-    def send(self, jobs: list[Job]) -> None:
-        self._next += 1
-        self.inflight[self._next] = jobs
-        self.steps.append([j.request_id for j in jobs])
-        self._queue.put_nowait(self._next)
 
     def die(self, error: ModelServeError) -> None:
         """What the pool does for a dead worker's steps: none retried (no other worker)."""
-        self.status = "DEAD"
-        self._task.cancel()
-        for jobs in self.inflight.values():
-            for job in jobs:
-                job.fail(error)
-        self.inflight.clear()
-        self.pool.workers.remove(self)
+        for job in self.stop():
+            job.fail(error)
 
-    async def _serve(self) -> None:
-        while True:
-            batch_id = await self._queue.get()
-            await asyncio.sleep(self.compute_s)
-            for job in self.inflight.pop(batch_id):
-                rid = job.request_id
-                if job.body is not None:
-                    assert rid not in self.left, f"{rid} sent with data again"
-                    self.left[rid], self.done[rid] = int(job.body), 0
-                assert rid in self.left, f"{rid} sent without data first"
-                self.left[rid] -= 1
-                self.done[rid] += 1
-                more = self.left[rid] > 0
-                if not more:
-                    del self.left[rid]
-                job.resolve(Result(200, "text/plain", f"t{self.done[rid]} ".encode(),
-                                   {STREAM_NEXT: "true" if more else "false"}))
-            self.pool.batcher.wake()
+    def answer(self, job: Job) -> None:
+        rid = job.request_id
+        if job.body is not None:
+            assert rid not in self.left, f"{rid} sent with data again"
+            self.left[rid], self.done[rid] = int(job.body), 0
+        assert rid in self.left, f"{rid} sent without data first"
+        self.left[rid] -= 1
+        self.done[rid] += 1
+        more = self.left[rid] > 0
+        if not more:
+            del self.left[rid]
+        job.resolve(Result(200, "text/plain", f"t{self.done[rid]} ".encode(),
+                           {STREAM_NEXT: "true" if more else "false"}))
 
 
 class FakePool:

@@ -15,55 +15,31 @@ from modelserve.server.engine.sequences import (
     SEQUENCE_START,
     SequenceBatcher,
 )
+from tests.unit.fake_workers import FakeWorker
 
 
-class StatefulWorker:
+class StatefulWorker(FakeWorker):
     """A worker whose handler adds each request's number to its sequence's running sum,
     kept in this worker only (as a stateful handler's cache is); answers the sum. A body
     ``end`` answers with the sequence-end header."""
 
     def __init__(self, pool: FakePool, compute_s: float) -> None:
-        self.pool = pool
-        self.compute_s = compute_s
-        self.status = "READY"
-        self.inflight: dict[int, list[Job]] = {}
-        self.batches: list[list[str]] = []  # the sequence ids of each batch
+        super().__init__(pool, compute_s)
         self.sums: dict[str, int] = {}
-        self._next = 0
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._task = asyncio.create_task(self._serve())
 
-    @property
-    def idle(self) -> bool:
-        return self.status == "READY" and not self.inflight
-
-    def send(self, jobs: list[Job]) -> None:
-        self._next += 1
-        self.inflight[self._next] = jobs
-        self.batches.append([j.headers[SEQUENCE_ID] for j in jobs])
-        self._queue.put_nowait(self._next)
+    def label(self, job: Job) -> str:
+        return job.headers[SEQUENCE_ID]
 
     def die(self) -> list[Job]:
-        """Stop, handing back what was in flight (what the pool's orphan handling gets)."""
-        self.status = "DEAD"
-        self._task.cancel()
-        orphans = [j for jobs in self.inflight.values() for j in jobs]
-        self.inflight.clear()
-        self.pool.workers.remove(self)
-        return orphans
+        return self.stop()
 
-    async def _serve(self) -> None:
-        while True:
-            batch_id = await self._queue.get()
-            await asyncio.sleep(self.compute_s)
-            for job in self.inflight.pop(batch_id):
-                sid = job.headers[SEQUENCE_ID]
-                if job.body == b"end":
-                    job.resolve(Result(200, "text/plain", b"bye", {SEQUENCE_END: sid}))
-                    continue
-                self.sums[sid] = self.sums.get(sid, 0) + int(job.body)
-                job.resolve(Result(200, "text/plain", str(self.sums[sid]).encode(), {}))
-            self.pool.batcher.wake()
+    def answer(self, job: Job) -> None:
+        sid = job.headers[SEQUENCE_ID]
+        if job.body == b"end":
+            job.resolve(Result(200, "text/plain", b"bye", {SEQUENCE_END: sid}))
+            return
+        self.sums[sid] = self.sums.get(sid, 0) + int(job.body)
+        job.resolve(Result(200, "text/plain", str(self.sums[sid]).encode(), {}))
 
 
 class FakePool:
