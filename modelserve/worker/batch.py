@@ -43,9 +43,11 @@ class BatchRunner:
                 log.warning("handler failed mid-stream: %s",
                             "".join(traceback.format_exception_only(exc)))
                 return self.streamer.fail(exc, len(reqs))
-            if len(reqs) == 1:
+            if len(reqs) == 1 or any(req[2] is None for req in reqs):
+                # a continuous batch's step (requests without data) is not run again request by
+                # request: that would step the others' state twice
                 log.warning("handler failed: %s", "".join(traceback.format_exception_only(exc)))
-                return [error_response(exc)]
+                return [error_response(exc)] * len(reqs)
         out: list[list[Any]] = []
         for i, req in enumerate(reqs):
             self.streamer.offset, self.streamer.active = i, False

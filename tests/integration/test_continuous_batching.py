@@ -114,14 +114,14 @@ class Generation(threading.Thread):
 
 
 def test_each_step_streams_a_chunk_and_a_request_joins_the_running_batch(srv: Server):
-    a = Generation(srv, "a", 8)
+    a = Generation(srv, "a", 20)  # a second of steps
     wait_for(lambda: len(a.lines) >= 2, timeout=30)  # a's batch is running
     b = Generation(srv, "k", 2)
     a.join(30)
     b.join(30)
     assert (a.status, b.status) == (200, 200)
     assert a.headers is not None and a.headers.get("transfer-encoding") == "chunked"
-    assert a.text == "abcdefghi" and b.text == "klm"
+    assert a.text == "abcdefghijklmnopqrstu" and b.text == "klm"
     # b stepped in a's batch, and a went on alone once b was done
     assert [line["batch"] for line in b.lines] == [["a", "k"], ["a", "k"]]
     assert a.lines[0]["batch"] == ["a"] and a.lines[-1]["batch"] == ["a"]

@@ -139,3 +139,26 @@ async def test_a_dead_worker_ends_its_streams_and_requeues_what_never_ran():
     assert await read(fresh) == b"t1 t2 "  # started afresh on the new worker
     assert second.steps[0] == ["f"]
     await batcher.close(ModelServeError("closed"))
+
+
+async def test_an_error_answer_ends_a_stream_with_it_and_fails_a_new_request():
+    batcher, pool = make(batch_size=4)
+    worker = pool.workers[0]
+    running = submit(batcher, "r", 1000)
+    stream = await asyncio.wait_for(running.future, 5)
+    assert isinstance(stream, Stream)
+
+    def failing(job: Job) -> None:  # the handler raised: the whole step is answered 500
+        job.resolve(Result(500, "application/json",
+                           b'{"code": 500, "type": "InternalServerException", '
+                           b'"message": "Prediction failed"}', {}))
+
+    worker.answer = failing  # type: ignore[method-assign]
+    fresh = submit(batcher, "n", 3)
+    with pytest.raises(ModelServeError, match="Prediction failed"):
+        await read(running)
+    answer = await asyncio.wait_for(fresh.future, 5)
+    assert isinstance(answer, Result) and answer.status == 500
+    await asyncio.sleep(0.05)
+    assert batcher.running[worker] == [] or all(e.finished for e in batcher.running[worker])
+    await batcher.close(ModelServeError("closed"))

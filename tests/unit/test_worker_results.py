@@ -53,3 +53,27 @@ async def test_requests_are_answered_before_the_batch_bookkeeping_runs():
     assert batch == jobs and ms == 1.5 and custom == [["m", 1]]
     assert before <= done_at <= after  # the answer's time, not the bookkeeping's
     assert worker.inflight == {} and worker._timers == {}
+
+
+async def test_with_a_metrics_log_the_bookkeeping_runs_first_and_cannot_lose_answers():
+    """batch_done_first (a metrics log: its lines must be there when a client has its
+    answer): the bookkeeping runs before the answers are released, and if it fails the
+    answers still go."""
+    spec = WorkerSpec("m", "1", "/nonexistent", "h.py", (), {}, {}, 8, "cpu", 10, 10, 2)
+    worker = WorkerProcess(spec, 0, 1, on_change=lambda: None, on_exit=lambda w: None)
+    worker._writer = Writer()  # type: ignore[assignment]
+    worker.batch_done_first = True
+    loop = asyncio.get_running_loop()
+    answered_when_booked: list[bool] = []
+
+    def bookkeeping(jobs: list[Job], ms: float, custom: list, done_at: float) -> None:
+        answered_when_booked.append(any(job.future.done() for job in jobs))
+        raise RuntimeError("a broken metric")
+
+    worker.on_batch_done = bookkeeping
+    jobs = [Job(str(i), "text/plain", b"x", {}, loop.create_future()) for i in range(2)]
+    worker.send(jobs)
+    worker._complete({"op": "result", "id": 0, "ms": 1.0, "metrics": [],
+                      "out": [[200, "text/plain", b"a", {}], [200, "text/plain", b"b", {}]]})
+    assert answered_when_booked == [False]
+    assert [job.future.result().body for job in jobs] == [b"a", b"b"]

@@ -48,6 +48,9 @@ class Batcher:
         self._closed = error  # later submissions get it too: no task would take them
         if self._task is not None:
             self._task.cancel()
+        self._fail_pending(error)
+
+    def _fail_pending(self, error: ServiceUnavailableError) -> None:
         while self.pending:
             self.pending.popleft().fail(error)
 
@@ -120,9 +123,11 @@ class Batcher:
             return False
         return True
 
-    def _take(self) -> list[Job]:
+    def _take(self, limit: int | None = None) -> list[Job]:
+        """Up to ``limit`` (the batch size) queued jobs that are still wanted."""
+        limit = self.batch_size if limit is None else limit
         batch: list[Job] = []
-        while self.pending and len(batch) < self.batch_size:
+        while self.pending and len(batch) < limit:
             job = self.pending.popleft()
             if self.runnable(job):
                 batch.append(job)
@@ -147,8 +152,7 @@ class Batcher:
                     self._expire_queued(self.pending, time.perf_counter())
                     worker = pool.pick()
                 if worker is None:  # scaled to zero while these waited: answer them now
-                    while self.pending:
-                        self.pending.popleft().fail(error)
+                    self._fail_pending(error)
                     continue
                 batch = self._take()
                 if batch:

@@ -10,10 +10,11 @@ requests join it between steps.
   ``context.stopping_criteria`` returning False) is one chunk of the request's streamed
   answer and keeps the request in the batch; any other answer is its last chunk, or its whole
   answer when it is the first.
-- A request's running state lives in its worker: it stays there. A client that went away is
-  left out of the next step (TorchServe: "Connection to client got closed; Removing job").
-  A worker that dies takes its requests' state: a request with chunks sent fails, one that has
-  not stepped yet is queued again.
+- A request's running state lives in its worker: it stays there, and a worker runs one step
+  at a time. A client that went away is left out of the next step (TorchServe: "Connection to
+  client got closed; Removing job"). A worker that dies or is scaled away takes its requests'
+  state: a request with chunks sent fails, one never answered is queued again (once).
+- OIP v2 requests run one step each (their answers end at the first step).
 """
 
 from __future__ import annotations
@@ -72,25 +73,15 @@ class ContinuousBatcher(Batcher):
                 _end(entry, error)
         self.running.clear()
 
-    def requeue(self, jobs: list[Job]) -> None:
-        """A dead worker's step, which the pool would retry elsewhere: not as it is (a
-        request's state died with the worker); :meth:`_stepped` sees it fail and queues again
-        the requests that had not stepped yet."""
-        for step in jobs:
-            step.fail(_lost())
-
     def _dispatch(self) -> bool:
         """Send each ready worker with no step in flight its next step; whether one went."""
         sent = False
         for worker in self.pool.workers:
-            if worker in self._stepping or not worker.idle:
+            if worker in self._stepping or worker.status != "READY" or worker.inflight:
                 continue
             batch = self.running.setdefault(worker, [])
             batch[:] = [entry for entry in batch if not entry.finished]
-            while self.pending and len(batch) < self.batch_size:
-                job = self.pending.popleft()
-                if self.runnable(job):
-                    batch.append(Running(job))
+            batch += [Running(job) for job in self._take(self.batch_size - len(batch))]
             if batch:
                 self._send(worker, batch)
                 sent = True
@@ -103,6 +94,9 @@ class ContinuousBatcher(Batcher):
         loop = asyncio.get_running_loop()
         entries = list(batch)
         steps = [entry.step(loop) for entry in entries]
+        for entry in entries:
+            if entry.steps == 0:  # its queue time ends here
+                entry.job.dispatched = time.perf_counter()
         left = len(steps)
 
         def one_done(_: asyncio.Future[Result]) -> None:
@@ -120,34 +114,34 @@ class ContinuousBatcher(Batcher):
         """A step's answers reached every request of it: chunks to their streams, and the
         requests that finished leave the batch."""
         self._stepping.discard(worker)
-        for entry, step in zip(entries, steps):
-            first = entry.steps == 0
-            entry.steps += 1
-            if step.future.cancelled():
-                entry.left = True
-                continue
-            error = step.future.exception()
-            if error is not None:
-                if first and worker.status in ("DEAD", "STOPPED") and not entry.job.retried:
+        try:
+            for entry, step in zip(entries, steps):
+                first = entry.steps == 0
+                entry.steps += 1
+                if step.future.cancelled():
+                    entry.left = True
+                    continue
+                error = step.future.exception()
+                if error is None:
+                    _answer(entry, step.future.result())
+                elif first and worker.status in ("DEAD", "STOPPED") and not entry.job.retried:
                     # its worker died before a first answer: it starts afresh on another,
                     # once (it may be what killed the worker)
                     entry.job.retried = True
                     if entry in (batch := self.running.get(worker, [])):
                         batch.remove(entry)
                     self.pending.appendleft(entry.job)
-                    continue
-                _end(entry, error)
-                continue
-            _answer(entry, step.future.result())
-        self._wake.set()
+                else:
+                    _end(entry, error)
+        finally:
+            self._wake.set()
 
     async def _run(self) -> None:
         while True:
             try:
                 if self.pending and not self.pool.workers \
                         and (error := self._no_worker()) is not None:
-                    while self.pending:  # scaled to zero while they waited
-                        self.pending.popleft().fail(error)
+                    self._fail_pending(error)  # scaled to zero while they waited
                 elif self._dispatch():
                     continue
                 await self._wait(QUEUE_SWEEP_S if self.pending else None)
@@ -164,9 +158,15 @@ def _lost() -> ModelServeError:
                                    "stopped; the request's state went with it")
 
 
-def _answer(entry: Running, result: Result) -> None:
+def _answer(entry: Running, result: Result | Stream) -> None:
     """One step's answer for one request: a chunk, its last chunk, or its whole answer."""
-    more = result.headers.get(STREAM_NEXT) == "true"
+    if isinstance(result, Stream):  # the handler streamed within the step
+        result.close()
+        _end(entry, ModelServeError("with continuousBatching a handler answers each step "
+                                    "with one result per request (ts_stream_next: true for "
+                                    "more), not a stream"))
+        return
+    more = result.headers.get(STREAM_NEXT) == "true" and entry.job.v2 is None
     stream = entry.stream
     if stream is None:
         if not more:

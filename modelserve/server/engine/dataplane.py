@@ -35,6 +35,7 @@ from modelserve.server.engine.loading import (
 from modelserve.server.engine.pool import cpu_count
 from modelserve.server.engine.registration import RegisterRequest
 from modelserve.server.engine.registry import ModelRegistry, ModelVersion
+from modelserve.server.engine.sequences import SequenceHeaders
 from modelserve.server.engine.snapshot import Snapshot
 from modelserve.server.engine.startup import save_snapshots, startup_requests
 from modelserve.server.engine.startup_loader import StartupModels
@@ -74,6 +75,7 @@ class DataPlane:
         self.draining = False  # set at SIGTERM: readiness turns false, liveness stays true
         self.snapshot = Snapshot(settings.state_path) if settings.model_snapshot else None
         self.ts_snapshots = TsSnapshots.open(settings)  # TorchServe's logs/config/*.cfg
+        self.sequence_id = SequenceHeaders.of(settings).id  # sequence batching's header
         self.zygote = (Zygote(settings.startup_timeout, zygote)
                        if settings.worker_start == "zygote" else None)
         self.startup = StartupModels(settings, self.registry, self._add, self._discard,
@@ -100,16 +102,15 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         job = Job(request_id, content_type, body, headers, loop.create_future(), v2=v2,
                   gone=CLIENT_GONE.get())
-        if mv.metrics.log is not None:
-            mv.metrics.received(version)
+        mv.metrics.received(version)
         mv.batcher.submit(job)
         streamed = False
         try:
             result = await job.future
-            if job.sequence and result.__class__ is Result:  # the id a client goes on with
-                name = mv.batcher.headers.id  # type: ignore[attr-defined]  # SequenceBatcher
-                if name not in result.headers:
-                    result = result._replace(headers={**result.headers, name: job.sequence})
+            if job.sequence and result.__class__ is Result \
+                    and self.sequence_id not in result.headers:  # the id a client goes on with
+                result = result._replace(headers={**result.headers,
+                                                  self.sequence_id: job.sequence})
             if result.__class__ is Stream:
                 streamed = True
                 result.on_close(lambda: _observe(mv, version, job))  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ class Result(NamedTuple):
 
     status: int
     content_type: str
-    body: bytes | None  # None: a continuous batch's request after its first step
+    body: bytes
     headers: dict[str, str]
     batch_size: int = 1
     tensors: list[list[Any]] | None = None  # OIP v2: [[name, datatype, shape, raw], ...]

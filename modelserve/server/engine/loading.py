@@ -139,6 +139,7 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
     """The version's worker pool and batcher, wired to each other and to its metrics; no
     worker starts yet. ``threads`` gives the torch threads a new worker gets."""
     name, version, req, archive, config, deps = parts
+    headers = SequenceHeaders.of(settings)
     spec = WorkerSpec(
         model_name=name,
         model_version=version,
@@ -158,7 +159,7 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
         batch_threads=0 if config.batch_threads == "auto" else config.batch_threads,
         envelope=settings.service_envelope,
         lifecycle_log=settings.lifecycle_log,
-        extra_env=tuple(SequenceHeaders.of(settings).worker_env().items()),
+        extra_env=tuple(headers.worker_env().items()),
     )
     metrics = server_metrics.for_version(name, version)
 
@@ -181,8 +182,10 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
     pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote,
                       batch_done_first=metrics.log is not None)
     pool.on_ready = metrics.worker_loaded
-    batcher = _batcher(name, version, pool, config, SequenceHeaders.of(settings))
-    pool.requeue = batcher.requeue
+    batcher = _batcher(name, version, pool, config, headers)
+    # a dead worker's requests are tried again elsewhere; a continuous batch's steps are not
+    # (ContinuousBatcher queues again those that never had an answer)
+    pool.requeue = None if isinstance(batcher, ContinuousBatcher) else batcher.requeue
 
     def limit_batch(limit: int) -> None:  # describe shows the batch size actually served
         if limit < batcher.batch_size:

@@ -63,13 +63,11 @@ class SequenceHeaders:
                    settings.ts_header_key_sequence_end)
 
     def worker_env(self) -> dict[str, str]:
-        """The variables TorchServe's ``ts/context.py`` takes the names from, for those that
-        are not the defaults (TorchServe leaves setting them to the operator; unset, the
-        handler's ``context.header_key_sequence_*`` would name headers nobody sends)."""
-        names = {"TS_REQUEST_SEQUENCE_ID": (self.id, SEQUENCE_ID),
-                 "TS_REQUEST_SEQUENCE_START": (self.start, SEQUENCE_START),
-                 "TS_REQUEST_SEQUENCE_END": (self.end, SEQUENCE_END)}
-        return {var: name for var, (name, default) in names.items() if name != default}
+        """The variables TorchServe's ``ts/context.py`` takes the names from, so that the
+        handler's ``context.header_key_sequence_*`` are the frontend's (TorchServe leaves them
+        to the operator, and a handler may then look for headers nobody sends)."""
+        return {"TS_REQUEST_SEQUENCE_ID": self.id, "TS_REQUEST_SEQUENCE_START": self.start,
+                "TS_REQUEST_SEQUENCE_END": self.end}
 
 
 @dataclass(eq=False, slots=True)

@@ -288,7 +288,10 @@ class WorkerProcess:
         out = msg["out"]
         done = (jobs, msg.get("ms", 0.0), msg.get("metrics") or [], time.perf_counter())
         if self.on_batch_done is not None and self.batch_done_first:
-            self.on_batch_done(*done)  # its metric lines reach the log before the answers
+            try:  # its metric lines reach the log before the answers, which it cannot stop
+                self.on_batch_done(*done)
+            except Exception:
+                log.exception("worker %s: batch bookkeeping failed", self.id)
         streams = self._streams.pop(batch_id, None)
         if streams is not None:
             streaming.finish(streams, jobs, out, WorkerDiedError(
