@@ -304,3 +304,21 @@ def test_torchserve_exposition_follows_the_metrics_mode(caplog):
     assert "ts_inference_latency_microseconds{" in text and "Requests2XX" not in text
     assert any(r.getMessage().startswith("Requests2XX.Count:1.0|#Level:Host")
                for r in caplog.records if r.name == metrics_log.TS_METRICS)
+
+
+def test_metric_lines_are_written_only_in_log_mode_and_at_info(caplog):
+    """What decides whether a batch's metric lines must precede its answers."""
+    from modelserve.server.observability.ts_exposition import TsExposition
+
+    logging.getLogger(metrics_log.TS_METRICS).setLevel(logging.INFO)
+    logging.getLogger(metrics_log.MODEL_METRICS).setLevel(logging.INFO)
+    assert MetricsLog(load_selection(None)).writes_lines
+    assert not MetricsLog(load_selection(None), "prometheus", exposition=TsExposition()) \
+        .writes_lines
+    try:
+        for name in (metrics_log.TS_METRICS, metrics_log.MODEL_METRICS):
+            logging.getLogger(name).setLevel(logging.WARNING)  # a log4j2.xml at WARN
+        assert not MetricsLog(load_selection(None)).writes_lines
+    finally:
+        for name in (metrics_log.TS_METRICS, metrics_log.MODEL_METRICS):
+            logging.getLogger(name).setLevel(logging.NOTSET)

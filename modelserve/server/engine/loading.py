@@ -180,7 +180,7 @@ def build_version(parts: ModelParts, server_metrics: ServerMetrics, threads: Cal
 
     # metric lines in the log (TorchServe's metrics_mode log): written before the answers go
     pool = WorkerPool(spec, threads, on_change, on_batch_done, zygote,
-                      batch_done_first=metrics.log is not None)
+                      batch_done_first=metrics.log is not None and metrics.log.writes_lines)
     pool.on_ready = metrics.worker_loaded
     batcher = _batcher(name, version, pool, config, headers)
     # a dead worker's requests are tried again elsewhere; a continuous batch's steps are not

@@ -162,6 +162,12 @@ class MetricsLog:
                 if spec is not None:
                     exposition.register(name, "counter", spec.unit, spec.dimensions)
 
+    @property
+    def writes_lines(self) -> bool:
+        """Whether metric lines go to the log files (not to /metrics, not turned down)."""
+        return not self._to_exposition and (self.ts_log.isEnabledFor(logging.INFO)
+                                            or self.model_log.isEnabledFor(logging.INFO))
+
     def frontend(self, name: str, values: Sequence[str], value: float) -> None:
         exposition = self.exposition
         if exposition is not None and name in exposition:
