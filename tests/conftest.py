@@ -457,6 +457,64 @@ STATEFUL_HANDLER = textwrap.dedent('''
 ''')
 
 
+# a continuous-batching handler written as TorchServe's are (its test_data/streaming/
+# stream_handler.py): state per request id in context.cache, one character per step,
+# context.stopping_criteria saying when a request is done
+CONTINUOUS_HANDLER = '''
+import json
+import time
+
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class Generator(BaseHandler):
+    """Each step adds one character (the next in the alphabet) to every running prompt."""
+
+    def initialize(self, context):
+        self.context = context
+        context.cache = {}
+        self.initialized = True
+
+    def preprocess(self, data):
+        ids = list(self.context.request_ids.values())
+        for req_id, item in zip(ids, data):
+            if req_id not in self.context.cache:
+                body = item.get("body")
+                if isinstance(body, (bytes, bytearray)):
+                    body = json.loads(body)
+                self.context.cache[req_id] = {"prompt": body["prompt"], "text": body["prompt"],
+                                              "left": body["max_new_tokens"]}
+            elif item != {}:
+                raise ValueError(f"a running request came with data: {item!r}")
+        return ids
+
+    def inference(self, ids):
+        time.sleep(0.05)
+        batch = sorted(self.context.cache[i]["prompt"] for i in ids)
+        out = []
+        for req_id in ids:
+            state = self.context.cache[req_id]
+            token = chr(ord(state["text"][-1]) + 1)
+            state["text"] += token
+            state["left"] -= 1
+            out.append({"token": token, "batch": batch})
+        return out
+
+    def postprocess(self, out):
+        ids = list(self.context.request_ids.values())
+        self.context.stopping_criteria = [self._stop(req_id) for req_id in ids]
+        return [json.dumps(item) + "\\n" for item in out]
+
+    def _stop(self, req_id):
+        def done(result):
+            if self.context.cache[req_id]["left"] > 0:
+                return False
+            del self.context.cache[req_id]
+            return True
+        return done
+'''
+
+
 @pytest.fixture(scope="session")
 def v2_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model store plus ``identity``, an echo of v2 tensors (every datatype)."""

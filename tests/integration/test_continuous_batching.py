@@ -15,61 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, handler_archive, wait_for
+from tests.conftest import CONTINUOUS_HANDLER, Server, handler_archive, wait_for
 
-GENERATOR = '''
-import json
-import time
-
-from ts.torch_handler.base_handler import BaseHandler
-
-
-class Generator(BaseHandler):
-    """Each step adds one character (the next in the alphabet) to every running prompt."""
-
-    def initialize(self, context):
-        self.context = context
-        context.cache = {}
-        self.initialized = True
-
-    def preprocess(self, data):
-        ids = list(self.context.request_ids.values())
-        for req_id, item in zip(ids, data):
-            if req_id not in self.context.cache:
-                body = item.get("body")
-                if isinstance(body, (bytes, bytearray)):
-                    body = json.loads(body)
-                self.context.cache[req_id] = {"prompt": body["prompt"], "text": body["prompt"],
-                                              "left": body["max_new_tokens"]}
-            elif item != {}:
-                raise ValueError(f"a running request came with data: {item!r}")
-        return ids
-
-    def inference(self, ids):
-        time.sleep(0.05)
-        batch = sorted(self.context.cache[i]["prompt"] for i in ids)
-        out = []
-        for req_id in ids:
-            state = self.context.cache[req_id]
-            token = chr(ord(state["text"][-1]) + 1)
-            state["text"] += token
-            state["left"] -= 1
-            out.append({"token": token, "batch": batch})
-        return out
-
-    def postprocess(self, out):
-        ids = list(self.context.request_ids.values())
-        self.context.stopping_criteria = [self._stop(req_id) for req_id in ids]
-        return [json.dumps(item) + "\\n" for item in out]
-
-    def _stop(self, req_id):
-        def done(result):
-            if self.context.cache[req_id]["left"] > 0:
-                return False
-            del self.context.cache[req_id]
-            return True
-        return done
-'''
 CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 2, "maxBatchDelay": 1,
           "continuousBatching": True, "responseTimeout": 30}
 
@@ -78,7 +25,7 @@ CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 2, "maxBatchDelay": 1,
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     src = tmp_path_factory.mktemp("continuous-src")
     store = tmp_path_factory.mktemp("continuous-store")
-    handler_archive(src, store, "generator", GENERATOR, CONFIG)
+    handler_archive(src, store, "generator", CONTINUOUS_HANDLER, CONFIG)
     server = Server(tmp_path_factory.mktemp("continuous-server"), Path(store),
                     ["generator.mar"])
     server.start()

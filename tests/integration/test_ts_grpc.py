@@ -31,7 +31,13 @@ import grpc
 import httpx
 import pytest
 
-from tests.conftest import STATEFUL_HANDLER, Server, free_port, handler_archive
+from tests.conftest import (
+    CONTINUOUS_HANDLER,
+    STATEFUL_HANDLER,
+    Server,
+    free_port,
+    handler_archive,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOS_REL = Path("modelserve/server/transport/torchserve/protos")
@@ -141,6 +147,8 @@ def grpc_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> P
                      "sequenceBatching": True})
     handler_archive(tmp_path_factory.mktemp("src"), store, "stateful1", STATEFUL_HANDLER,
                     {"batchSize": 4, "sequenceMaxIdleMSec": 5000, "sequenceBatching": True})
+    handler_archive(tmp_path_factory.mktemp("src"), store, "generator", CONTINUOUS_HANDLER,
+                    {"batchSize": 4, "continuousBatching": True})
     v2 = tmp_path_factory.mktemp("echo-v2")
     handler_archive(tmp_path_factory.mktemp("src"), v2, "echo", ECHO_HANDLER, {}, version="2.0")
     shutil.move(v2 / "echo.mar", store / "echo-2.0.mar")
@@ -167,7 +175,8 @@ def _stubs(ts: SimpleNamespace, srv: Server) -> Iterator[Stubs]:
 def srv(grpc_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp("ts-grpc-server"), grpc_store,
                     ["echo=echo.mar", "stream=stream.mar", "digits=digits.mar",
-                     "stateful=stateful.mar", "stateful1=stateful1.mar"])
+                     "stateful=stateful.mar", "stateful1=stateful1.mar",
+                     "generator=generator.mar"])
     # in server.ports, so that a start retried on new ports moves these too
     server.ports.update(ts_inference=free_port(), ts_management=free_port())
     server.extra_config = {"grpc_torchserve_inference_port": server.ports["ts_inference"],
@@ -305,6 +314,15 @@ def test_stream_predictions_send_each_chunk(ts, stubs):
     # a handler that does not stream answers once
     [only] = stubs.inference.StreamPredictions(request(ts, "echo", data=b"one"))
     assert json.loads(only.prediction)["fields"] == {"data": "one"}
+
+
+def test_stream_predictions_of_a_continuous_batch_send_each_step(ts, stubs):
+    """continuousBatching: each step's answer (ts_stream_next: true) is one message, as
+    GRPCJob.response sends each of a continuous batch's responses."""
+    body = json.dumps({"prompt": "a", "max_new_tokens": 3}).encode()
+    steps = [json.loads(r.prediction) for r in
+             stubs.inference.StreamPredictions(request(ts, "generator", body=body))]
+    assert [step["token"] for step in steps] == ["b", "c", "d"]
 
 
 def test_stream_error_after_the_first_chunk_ends_the_call(ts, stubs):
