@@ -39,6 +39,9 @@ from typing import Any
 import msgpack
 
 HEADER = struct.Struct(">I")
+# an answer header: true, more of the request's answer comes at the next step of its
+# continuous batch (TorchServe's name; set in the worker, read by the frontend)
+STREAM_NEXT = "ts_stream_next"
 MAX_FRAME = 1 << 31  # 2 GiB: a frame longer than this is a protocol error, not data
 
 _packer_options: dict[str, Any] = {"use_bin_type": True}

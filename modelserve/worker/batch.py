@@ -10,6 +10,7 @@ import logging
 import traceback
 from typing import Any
 
+from modelserve.ipc import STREAM_NEXT
 from modelserve.worker import envelopes, streaming
 from modelserve.worker.codec import StreamFound, decode_request, encode_response, error_response
 from modelserve.worker.context import Context
@@ -122,4 +123,4 @@ def _stream_next(results: list[Any], ctx: Context) -> None:
     for idx, result in enumerate(results):
         stop = criteria[idx](result) if idx < len(criteria) else None
         if stop is not None:
-            ctx.set_response_header(idx, "ts_stream_next", "false" if stop else "true")
+            ctx.set_response_header(idx, STREAM_NEXT, "false" if stop else "true")

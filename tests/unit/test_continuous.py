@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from modelserve.errors import ModelServeError
-from modelserve.server.engine.continuous import STREAM_NEXT, ContinuousBatcher
+from modelserve.ipc import STREAM_NEXT
+from modelserve.server.engine.continuous import ContinuousBatcher
 from modelserve.server.engine.jobs import Job, Result
 from modelserve.server.engine.streams import Stream
 from tests.unit.fake_workers import FakeWorker

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from modelserve.errors import ModelServeError, ServiceUnavailableError
+from modelserve.ipc import STREAM_NEXT
 from modelserve.server.engine.batching import QUEUE_SWEEP_S, Batcher
 from modelserve.server.engine.jobs import Job, Result
 from modelserve.server.engine.pool import WorkerPool
@@ -32,9 +33,6 @@ from modelserve.server.engine.streams import Stream
 from modelserve.server.engine.workers import WorkerProcess
 
 log = logging.getLogger("modelserve.continuous")
-
-STREAM_NEXT = "ts_stream_next"
-
 
 @dataclass(eq=False, slots=True)
 class Running:

@@ -40,7 +40,6 @@ import grpc
 from modelserve.errors import BadRequestError, ModelNotFoundError, ModelServeError
 from modelserve.server.engine.dataplane import DataPlane
 from modelserve.server.engine.jobs import Result
-from modelserve.server.engine.sequences import SequenceHeaders
 from modelserve.server.engine.streams import Stream
 from modelserve.server.transport.request_ids import RequestIds
 from modelserve.server.transport.torchserve.grpc_common import (
@@ -87,7 +86,6 @@ class InferenceServicer(pb_grpc.InferenceAPIsServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
         self.max_response = dataplane.settings.max_response_size
-        self.sequence_header = SequenceHeaders.of(dataplane.settings).id
         self._ids = RequestIds("tsgrpc-")
 
     async def Ping(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -203,7 +201,7 @@ class InferenceServicer(pb_grpc.InferenceAPIsServiceServicer):
                 sequence = request.sequence_id
                 if sequence:
                     answer = _Answer(sequence, self._chunks(
-                        request, {**headers, self.sequence_header: sequence}))
+                        request, {**headers, self.dataplane.sequence_id: sequence}))
                 else:
                     answer = _Answer(sequence, None, CallError(
                         grpc.StatusCode.INTERNAL, "Parameter sequenceId is required.",
